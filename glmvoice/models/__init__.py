@@ -1,0 +1,1 @@
+"""The three networks (speech tokenizer, LM, speech decoder), their presets and checkpoint loaders."""

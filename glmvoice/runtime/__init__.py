@@ -1,0 +1,1 @@
+"""Streaming inference over the networks: LM engine, decoder streams, tokenizer streams."""
