@@ -1,0 +1,63 @@
+# glmvoice: one verb per task. `make help` lists them.
+# Set-up steps are file targets, so each runs once and again only when its inputs change.
+SHELL := /bin/bash
+PY := .venv/bin/python
+VENV_STAMP := .venv/.installed
+APT_STAMP := build/.apt-installed
+PROTO_SRC := $(wildcard protos/glmvoice/v1/*.proto)
+PROTO_OUT := $(patsubst protos/%.proto,%_pb2.py,$(PROTO_SRC))
+CKPT := build/checkpoints/tiny
+PYTEST_ARGS ?=
+
+APT_PACKAGES := redis-server espeak-ng sox pocketsphinx-testdata
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+.PHONY: help setup protos tiny info demo test test-slow test-gpu bench clean
+
+help:  ## list the verbs
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+setup: $(APT_STAMP) $(VENV_STAMP) protos  ## install system packages, the pinned venv and generated gRPC code
+
+$(APT_STAMP):
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; fi
+	@mkdir -p $(@D) && touch $@
+
+$(VENV_STAMP): pyproject.toml
+	[ -x $(PY) ] || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+protos: $(PROTO_OUT)  ## generate gRPC code from protos/ into glmvoice/v1 (a build output, ignored)
+
+# Protos live at protos/glmvoice/v1/, so generated code imports `glmvoice.v1.*` and lands inside the package.
+$(PROTO_OUT): $(PROTO_SRC) $(VENV_STAMP)
+	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_SRC)
+	touch glmvoice/v1/__init__.py
+
+tiny: setup  ## build the tiny checkpoints with our own training code into build/checkpoints/tiny
+	$(PY) -m training.tiny --out $(CKPT)
+
+info: setup  ## parameter counts and vocabulary facts of the real-size presets
+	.venv/bin/glmvoice info --preset glm-4-voice
+
+demo: tiny  ## README's first command: a real recording through the tokenizer and the tiny LM
+	$(PY) -m services.demo --checkpoints $(CKPT)
+
+test: setup  ## README's second command: the test suite (slow and GPU suites excluded)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-slow: setup  ## training-quality and other long suites
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+test-gpu: setup  ## CUDA suites (on a GPU node)
+	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
+
+bench: setup  ## benchmarks print their figures (ratios measured in one run)
+	@set -e; for b in tests/bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+
+clean:  ## remove build outputs (checkpoints, generated code)
+	rm -rf build glmvoice/v1
