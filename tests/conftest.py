@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.speech_tokenizer",
     "tests.fixtures.llm",
     "tests.fixtures.speech_decoder",
+    "tests.fixtures.servers",
 ]

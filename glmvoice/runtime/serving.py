@@ -1,0 +1,42 @@
+"""What every Triton adapter needs from its version directory: which checkpoint, on which device.
+
+Kept here rather than in the adapters so `model_repo/*/1/model.py` stay thin and identical in shape.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+CHECKPOINT_FILE = "checkpoint.json"
+
+
+def read_version(version_dir: str | Path) -> dict:
+    """{"path": checkpoint dir (resolved), "device": "auto" | "cpu" | "cuda"} from `<version>/checkpoint.json`."""
+    version_dir = Path(version_dir)
+    spec_file = version_dir / CHECKPOINT_FILE
+    if not spec_file.exists():
+        raise FileNotFoundError(f"{version_dir}: no {CHECKPOINT_FILE}; build versions with services.triton.repository")
+    spec = json.loads(spec_file.read_text())
+    path = Path(spec["path"])
+    if not path.is_absolute():
+        path = version_dir / path
+    if not path.is_dir():
+        raise FileNotFoundError(f"{version_dir}: checkpoint {path} does not exist")
+    return {**spec, "path": path}
+
+
+def triton_device(requested: str, instance_kind: str, device_id: str | int) -> torch.device:
+    """The device of one model instance: a GPU instance gets its own card, a CPU instance the CPU."""
+    if requested == "cpu" or (requested == "auto" and (instance_kind != "GPU" or not torch.cuda.is_available())):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("checkpoint.json asks for cuda, but this Triton instance sees no GPU")
+    return torch.device(f"cuda:{int(device_id)}")
+
+
+def version_dir_from_args(args: dict) -> Path:
+    """Triton's initialize() args → this version's directory."""
+    return Path(args["model_repository"]) / str(args["model_version"])

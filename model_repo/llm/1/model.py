@@ -1,0 +1,121 @@
+"""Triton adapter for the LM: protobuf-free glue between Triton requests and glmvoice.runtime.llm_engine."""
+
+import json
+import threading
+import time
+import uuid
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from glmvoice.models.llm_checkpoint import load_llm
+from glmvoice.runtime.llm_engine import EngineConfig, EngineFullError, GenerationRequest, LLMEngine
+from glmvoice.runtime.sampling import OFFICIAL_SAMPLING, SamplingParams
+from glmvoice.runtime.serving import read_version, triton_device, version_dir_from_args
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+SAMPLING_INPUTS = ("temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty", "seed")
+CANCEL_POLL_S = 0.01
+
+
+def _scalar(request, name):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy().reshape(-1)[0].item()
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        spec = read_version(version_dir_from_args(args))
+        device = triton_device(spec["device"], args["model_instance_kind"], args["model_instance_device_id"])
+        model_config = json.loads(args["model_config"])
+        params = {k: int(v["string_value"]) for k, v in model_config.get("parameters", {}).items()}
+        self.model, self.tokenizer = load_llm(spec["path"], device=device)
+        self.default_stop_ids = frozenset(self.tokenizer.stop_ids)
+        self.engine = LLMEngine(self.model, EngineConfig(**params)).start()
+        self.senders = {}  # request id -> (request, sender) while streaming, for cancellation polling
+        self.lock = threading.Lock()
+        self._metrics()
+        self.running = True
+        self.watcher = threading.Thread(target=self._watch_cancellations, daemon=True)
+        self.watcher.start()
+
+    def _metrics(self):
+        family = pb_utils.MetricFamily(
+            name="glmvoice_llm_engine", description="LM engine state (active, queued, free_slots)",
+            kind=pb_utils.MetricFamily.GAUGE,
+        )
+        self.gauges = {key: family.Metric(labels={"state": key}) for key in ("active", "queued", "free_slots")}
+
+    def _update_metrics(self):
+        stats = self.engine.stats()
+        for key, gauge in self.gauges.items():
+            gauge.set(stats[key])
+
+    def execute(self, requests):
+        for request in requests:
+            self._start(request)
+        return None
+
+    def _start(self, request):
+        sender = request.get_response_sender()
+        try:
+            generation = self._generation_request(request)
+        except (ValueError, TypeError) as exc:
+            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))), flags=FINAL)
+            return
+
+        def on_token(token):
+            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("output_ids", np.array([token], np.int64))]))
+
+        def on_finish(reason, error):
+            with self.lock:
+                self.senders.pop(generation.request_id, None)
+            if error is not None:
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"LM engine failed: {error}")), flags=FINAL)
+            elif reason == "cancelled":
+                sender.send(flags=FINAL)
+            else:
+                done = pb_utils.Tensor("finish_reason", np.array([reason.encode()], np.object_))
+                empty = pb_utils.Tensor("output_ids", np.zeros([0], np.int64))
+                sender.send(pb_utils.InferenceResponse([empty, done]), flags=FINAL)
+            self._update_metrics()
+
+        # Our own id: Triton's request ids are optional and need not be unique. The engine calls on_finish
+        # with its lock held, so self.lock is never held while calling into the engine.
+        generation.request_id = uuid.uuid4().hex
+        with self.lock:
+            self.senders[generation.request_id] = request
+        try:
+            self.engine.submit(generation, on_token, on_finish)
+        except (ValueError, EngineFullError) as exc:
+            with self.lock:
+                self.senders.pop(generation.request_id, None)
+            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))), flags=FINAL)
+        self._update_metrics()
+
+    def _generation_request(self, request):
+        ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy().reshape(-1)
+        sampling = {name: _scalar(request, name) for name in SAMPLING_INPUTS}
+        stop = pb_utils.get_input_tensor_by_name(request, "stop_ids")
+        key = _scalar(request, "prefix_key")
+        max_new = _scalar(request, "max_new_tokens")
+        return GenerationRequest(
+            prompt_ids=[int(i) for i in ids],
+            sampling=SamplingParams(**{**OFFICIAL_SAMPLING, **{k: v for k, v in sampling.items() if v is not None}}),
+            max_new_tokens=2000 if max_new is None else int(max_new),
+            stop_ids=frozenset(int(i) for i in stop.as_numpy().reshape(-1)) if stop is not None else self.default_stop_ids,
+            prefix_key=key.decode() if isinstance(key, bytes) else key,
+        )
+
+    def _watch_cancellations(self):
+        # Triton marks a request cancelled when the client goes away or cancels the stream; free its KV now.
+        while self.running:
+            with self.lock:
+                cancelled = [rid for rid, request in self.senders.items() if request.is_cancelled()]
+            for rid in cancelled:
+                self.engine.cancel(rid)
+            time.sleep(CANCEL_POLL_S)
+
+    def finalize(self):
+        self.running = False
+        self.engine.stop()

@@ -1,0 +1,1 @@
+"""glmvoice's processes: the Triton launcher, orchestrator, gateway and promoter."""

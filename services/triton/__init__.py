@@ -1,0 +1,1 @@
+"""Starts the real `tritonserver` (bundled in the nvidia-pytriton wheel) on a model repository."""

@@ -1,0 +1,1 @@
+"""Training data made here from real sources: recorded LibriVox clips and speech synthesizers."""
