@@ -1,0 +1,61 @@
+"""A small spoken task with checkable answers: "what is three plus four?" → "three plus four is seven."
+
+Questions and answers are spoken by espeak-ng in several voices and speeds; the split is by question,
+so held-out questions are never heard in training. Deterministic: the recipe (and its hash) fixes it all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from training.data.tts import Voice, espeak
+
+NUMBER_WORDS = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen".split()
+
+
+@dataclass(frozen=True)
+class Recipe:
+    max_operand: int = 9
+    voices: tuple[Voice, ...] = (Voice("en-us", 150), Voice("en-us", 175), Voice("en-gb", 160))
+    held_out_fraction: float = 0.15
+    seed: int = 0
+
+    def hash(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Example:
+    question: str
+    answer: str
+    voice: Voice
+    audio: np.ndarray  # question speech, float32
+    sample_rate: int
+    answer_audio: np.ndarray
+    answer_sample_rate: int
+
+
+def question_answer_pairs(recipe: Recipe) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(train, held-out) lists of (question, answer) text."""
+    pairs = []
+    for a in range(recipe.max_operand + 1):
+        for b in range(recipe.max_operand + 1):
+            pairs.append((f"what is {NUMBER_WORDS[a]} plus {NUMBER_WORDS[b]}", f"{NUMBER_WORDS[a]} plus {NUMBER_WORDS[b]} is {NUMBER_WORDS[a + b]}."))
+    order = np.random.default_rng(recipe.seed).permutation(len(pairs))
+    held = int(round(len(pairs) * recipe.held_out_fraction))
+    return [pairs[i] for i in order[held:]], [pairs[i] for i in order[:held]]
+
+
+def synthesize(pairs: list[tuple[str, str]], recipe: Recipe) -> list[Example]:
+    examples = []
+    for question, answer in pairs:
+        for voice in recipe.voices:
+            audio, rate = espeak(question, voice)
+            # The assistant always answers in one voice: the decoder has one (zero x-vector) speaker.
+            answer_audio, answer_rate = espeak(answer, recipe.voices[0])
+            examples.append(Example(question, answer, voice, audio, rate, answer_audio, answer_rate))
+    return examples

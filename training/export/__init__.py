@@ -1,0 +1,1 @@
+"""Exports of the networks to ONNX (checked with onnxruntime) and TensorRT."""
