@@ -128,7 +128,8 @@ class LLMEngine:
         with self._lock:
             if request.request_id in self.by_id:
                 raise RequestError(f"request id {request.request_id!r} is already running")
-            if not self.free_slots and len(self.queue) >= self.config.max_queue:
+            # Queued requests take free slots first; only those beyond them wait for a slot to free up.
+            if len(self.queue) >= len(self.free_slots) + self.config.max_queue:
                 raise EngineFullError(
                     f"LM engine full: {len(self.active)} running, {len(self.queue)} queued (max_queue {self.config.max_queue})"
                 )

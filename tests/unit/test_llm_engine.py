@@ -95,9 +95,9 @@ def test_cancel_frees_the_slot_at_once(model):
 
 def test_full_engine_refuses_with_a_clear_error(model):
     # Not started: nothing leaves the queue, so the limits are exact.
-    engine = LLMEngine(model, EngineConfig(max_slots=1, max_seq_len=64, max_queue=2))
+    engine = LLMEngine(model, EngineConfig(max_slots=1, max_seq_len=64, max_queue=2))  # 1 slot + 2 waiting
     prompt = prompts(1, model.config.vocab_size)[0]
-    for _ in range(2):
+    for _ in range(3):
         engine.submit(GenerationRequest(prompt, GREEDY, 4), lambda t: None, lambda r, e: None)
     with pytest.raises(EngineFullError, match="max_queue 2"):
         engine.submit(GenerationRequest(prompt, GREEDY, 4), lambda t: None, lambda r, e: None)

@@ -33,7 +33,7 @@ class _ConcatCache:
     def __init__(self, past_k: torch.Tensor | None, past_v: torch.Tensor | None):
         self.past_k, self.past_v = past_k, past_v
 
-    def update(self, input_pos, k, v):
+    def update(self, input_pos, k, v, rows=None):
         # k, v: [B, H_kv, T, D] -> [B, H_kv, P + T, D]
         if self.past_k is not None:
             k, v = torch.cat([self.past_k, k], dim=2), torch.cat([self.past_v, v], dim=2)
@@ -48,7 +48,7 @@ class LMStep(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, past_key: torch.Tensor | None = None, past_value: torch.Tensor | None = None):
+    def forward(self, input_ids: torch.Tensor, past_key: torch.Tensor | None = None, past_value=None):
         m = self.model
         seqlen = input_ids.shape[1]
         past = 0 if past_key is None else past_key.shape[3]
@@ -59,7 +59,7 @@ class LMStep(nn.Module):
         x = m.tok_embeddings(input_ids)
         keys_out, values_out = [], []
         for i, layer in enumerate(m.layers):
-            cache = _ConcatCache(None if past_key is None else past_key[i], None if past_value is None else past_value[i])
+            cache = _ConcatCache(*((None, None) if past_key is None else (past_key[i], past_value[i])))
             x = layer(x, table, mask, positions, cache)
             keys_out.append(cache.k)
             values_out.append(cache.v)
@@ -88,7 +88,8 @@ def export_llm_onnx(model: Transformer, out_dir: str | Path) -> dict[str, Path]:
         )
         torch.onnx.export(
             step, (ids[:, :1], past, past.clone()), paths["decode"], dynamo=False, opset_version=OPSET,
-            input_names=["input_ids", "past_key", "past_value"], output_names=["logits", "present_key", "present_value"],
+            input_names=["input_ids", "past_key", "past_value"],
+            output_names=["logits", "present_key", "present_value"],
             dynamic_axes={"input_ids": {0: "batch", 1: "tokens"}, "past_key": cache_axes, "past_value": cache_axes,
                           "logits": {0: "batch"}, "present_key": {1: "batch", 3: "total"},
                           "present_value": {1: "batch", 3: "total"}},
@@ -112,7 +113,8 @@ def check_against_torch(model: Transformer, paths: dict[str, Path], prompt: torc
         next_torch = torch_logits.argmax(-1)[:, None]
         ort_ids.append(next_ort[:, 0].tolist())
         torch_ids.append(next_torch[:, 0].tolist())
-        logits, key, value = decode.run(None, {"input_ids": next_ort.astype(np.int64), "past_key": key, "past_value": value})
+        feed = {"input_ids": next_ort.astype(np.int64), "past_key": key, "past_value": value}
+        logits, key, value = decode.run(None, feed)
         torch_logits = model.decode_one_token(next_torch, torch.tensor([length + i]))
         diffs.append(float(np.abs(logits - torch_logits.numpy()).max()))
     return {"max_abs_diff": max(diffs), "ort_ids": ort_ids, "torch_ids": torch_ids, "cache_length": key.shape[3]}
