@@ -40,7 +40,8 @@ class TritonPythonModel:
         self.watcher.start()
 
     def _metrics(self):
-        family = pb_utils.MetricFamily(
+        # The family must outlive its metrics, so it is kept on the instance.
+        self.metric_family = family = pb_utils.MetricFamily(
             name="glmvoice_llm_engine", description="LM engine state (active, queued, free_slots)",
             kind=pb_utils.MetricFamily.GAUGE,
         )
@@ -78,7 +79,6 @@ class TritonPythonModel:
                 done = pb_utils.Tensor("finish_reason", np.array([reason.encode()], np.object_))
                 empty = pb_utils.Tensor("output_ids", np.zeros([0], np.int64))
                 sender.send(pb_utils.InferenceResponse([empty, done]), flags=FINAL)
-            self._update_metrics()
 
         # Our own id: Triton's request ids are optional and need not be unique. The engine calls on_finish
         # with its lock held, so self.lock is never held while calling into the engine.
@@ -91,7 +91,6 @@ class TritonPythonModel:
             with self.lock:
                 self.senders.pop(generation.request_id, None)
             sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))), flags=FINAL)
-        self._update_metrics()
 
     def _generation_request(self, request):
         ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy().reshape(-1)
@@ -109,13 +108,19 @@ class TritonPythonModel:
 
     def _watch_cancellations(self):
         # Triton marks a request cancelled when the client goes away or cancels the stream; free its KV now.
+        # The same loop keeps the engine gauges current for Triton's metrics endpoint.
         while self.running:
-            with self.lock:
-                cancelled = [rid for rid, request in self.senders.items() if request.is_cancelled()]
-            for rid in cancelled:
-                self.engine.cancel(rid)
+            try:
+                self._update_metrics()
+                with self.lock:
+                    cancelled = [rid for rid, request in self.senders.items() if request.is_cancelled()]
+                for rid in cancelled:
+                    self.engine.cancel(rid)
+            except Exception as exc:  # this thread must outlive any one bad request
+                pb_utils.Logger.log_error(f"llm cancellation watcher: {exc!r}")
             time.sleep(CANCEL_POLL_S)
 
     def finalize(self):
         self.running = False
+        self.watcher.join()
         self.engine.stop()
