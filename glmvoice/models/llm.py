@@ -75,8 +75,8 @@ class KVCache(nn.Module):
         self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype), persistent=False)
 
-    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor | None = None):
-        """k, v: [B, H_kv, T, D] -> this batch's caches [B, H_kv, S, D].
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor | None = None, span: int | None = None):
+        """k, v: [B, H_kv, T, D] -> this batch's caches up to position span, [B, H_kv, span, D].
 
         input_pos [T] with rows None: the batch is cache rows 0..B-1, all at the same positions.
         input_pos [B, T] with rows [B]: batch row b is cache row rows[b] at positions input_pos[b]
@@ -86,11 +86,12 @@ class KVCache(nn.Module):
             batch = k.shape[0]
             self.k_cache[:batch].index_copy_(2, input_pos, k.to(self.k_cache.dtype))
             self.v_cache[:batch].index_copy_(2, input_pos, v.to(self.v_cache.dtype))
-            return self.k_cache[:batch], self.v_cache[:batch]
+            return self.k_cache[:batch, :, :span], self.v_cache[:batch, :, :span]
         # Advanced indices around a slice put their dims first: the target view is [B, T, H_kv, D].
         self.k_cache[rows[:, None], :, input_pos] = k.transpose(1, 2).to(self.k_cache.dtype)
         self.v_cache[rows[:, None], :, input_pos] = v.transpose(1, 2).to(self.v_cache.dtype)
-        return self.k_cache[rows], self.v_cache[rows]
+        # Only positions below span can be attended: gathering the rest would copy empty cache.
+        return self.k_cache[rows, :, :span], self.v_cache[rows, :, :span]
 
 
 class RMSNorm(nn.Module):
@@ -138,7 +139,7 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(config.dim, qkv_rows, bias=config.qkv_bias)
         self.wo = nn.Linear(config.n_head * config.head_dim, config.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, table, mask: torch.Tensor | None, input_pos, cache, rows=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, table, mask: torch.Tensor | None, input_pos, cache, rows=None, span=None) -> torch.Tensor:
         # x: [B, T, C]; mask: [1 or B, 1, T, S] bool (True = attend), or None with cache None: plain
         # causal attention over these T tokens (training).
         bsz, seqlen, _ = x.shape
@@ -149,12 +150,14 @@ class Attention(nn.Module):
         v = v.view(bsz, seqlen, self.n_local_heads, self.head_dim)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, D]
         if cache is not None:
-            k, v = cache.update(input_pos, k, v, rows)  # [B, H_kv, S, D]
-        # Query head h reads KV group h // (n_head / n_local_heads).
-        groups = self.n_head // self.n_local_heads
-        k = k.repeat_interleave(groups, dim=1)
-        v = v.repeat_interleave(groups, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)  # [B, H, T, D]
+            k, v = cache.update(input_pos, k, v, rows, span)  # [B, H_kv, span, D]
+        # Query head h reads KV group h // (n_head / n_local_heads): SDPA's grouped-query mode maps heads
+        # exactly so without copying keys and values; the ONNX exporter lacks that mode, so it gets copies.
+        gqa = not torch.onnx.is_in_onnx_export()
+        if not gqa:
+            groups = self.n_head // self.n_local_heads
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=gqa)  # [B, H, T, D]
         return self.wo(y.transpose(1, 2).reshape(bsz, seqlen, q_size))
 
 
@@ -177,8 +180,8 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
         self.feed_forward = FeedForward(config)
 
-    def forward(self, x, table, mask, input_pos, cache, rows=None) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), table, mask, input_pos, cache, rows)
+    def forward(self, x, table, mask, input_pos, cache, rows=None, span=None) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), table, mask, input_pos, cache, rows, span)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -227,12 +230,14 @@ class Transformer(nn.Module):
             raise RuntimeError("call setup_caches() before a cached forward")
         if (input_pos.dim() == 2) != (rows is not None):
             raise ValueError("per-row positions [B, T] go with rows [B], shared positions [T] without")
-        mask = self.causal_mask[input_pos].unsqueeze(-3)  # [1 or B, 1, T, S]
+        # Attend only up to the furthest position in the batch, not the whole cache length.
+        span = int(input_pos.max()) + 1
+        mask = self.causal_mask[input_pos][..., :span].unsqueeze(-3)  # [1 or B, 1, T, span]
         if mask.dim() == 3:
             mask = mask[None]
         table = self.rope[input_pos]  # [T or B x T, R/2, 2]
         for layer, cache in zip(self.layers, self.kv_caches):
-            x = layer(x, table, mask, input_pos, cache, rows)
+            x = layer(x, table, mask, input_pos, cache, rows, span)
         return self.norm(x)
 
     def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None, rows=None) -> torch.Tensor:

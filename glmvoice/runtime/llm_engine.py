@@ -249,22 +249,24 @@ class LLMEngine:
                     continue
                 seq.fed += len(chunk)
                 if not seq.prefilling:
-                    self._emit([seq], logits[:, -1])
+                    self._emit([seq], logits)
         if decoding:
             logits = self._forward(decoding, [[s.ids[-1]] for s in decoding], [s.fed for s in decoding])
             with self._lock:
                 live = [i for i, s in enumerate(decoding) if not s.cancelled]
                 for i in live:
                     decoding[i].fed += 1
-                self._emit([decoding[i] for i in live], logits[live, -1])
+                self._emit([decoding[i] for i in live], logits[live])
 
     @torch.inference_mode()
     def _forward(self, seqs: list[_Sequence], chunks: list[list[int]], starts: list[int]) -> torch.Tensor:
-        # Rows of equal chunk length: prefill calls come one sequence at a time, decode calls are all length 1.
+        """-> next-token logits [B, V]. Rows of equal chunk length: prefill calls come one sequence at a time, decode calls are all length 1."""
         idx = torch.tensor(chunks, device=self.device)  # [B, T]
         positions = torch.tensor(starts, device=self.device)[:, None] + torch.arange(idx.shape[1], device=self.device)
         rows = torch.tensor([s.slot for s in seqs], device=self.device)
-        return self.model(idx, positions, rows=rows)  # [B, T, V]
+        # Logits of the last position only: a prefill chunk of all positions would be T x vocab floats.
+        hidden = self.model.hidden_states(idx, positions, rows=rows)[:, -1]  # [B, C]
+        return self.model.output(hidden).float()  # [B, V]
 
     def _emit(self, seqs: list[_Sequence], logits: torch.Tensor) -> None:
         """Samples the next id of each sequence (lock held), delivers it, and retires finished ones."""

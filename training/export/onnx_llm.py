@@ -33,7 +33,7 @@ class _ConcatCache:
     def __init__(self, past_k: torch.Tensor | None, past_v: torch.Tensor | None):
         self.past_k, self.past_v = past_k, past_v
 
-    def update(self, input_pos, k, v, rows=None):
+    def update(self, input_pos, k, v, rows=None, span=None):
         # k, v: [B, H_kv, T, D] -> [B, H_kv, P + T, D]
         if self.past_k is not None:
             k, v = torch.cat([self.past_k, k], dim=2), torch.cat([self.past_v, v], dim=2)

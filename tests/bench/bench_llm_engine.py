@@ -1,0 +1,112 @@
+"""LM engine throughput: aggregate tokens/s at 1, 4, 8 and 16 concurrent streams, in process and through
+a real Triton server (tiny preset, CPU), plus Triton's cost per call against the in-process engine.
+
+Prints figures; asserts nothing (`make bench`). All ratios come from one run on one machine.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from glmvoice.models.llm_checkpoint import load_llm, write_tiny_checkpoint  # noqa: E402
+from glmvoice.runtime.llm_engine import EngineConfig, GenerationRequest, LLMEngine  # noqa: E402
+from glmvoice.runtime.sampling import SamplingParams  # noqa: E402
+from services.triton.launcher import TritonServer, TritonSettings  # noqa: E402
+from services.triton.repository import build_repository  # noqa: E402
+from tests.fixtures.servers import free_port  # noqa: E402
+from tests.integration.test_triton_llm import Stream  # noqa: E402
+
+CONCURRENCY = (1, 4, 8, 16)
+NEW_TOKENS = 64
+GREEDY = SamplingParams(temperature=0.0)
+
+
+def prompt(i: int, vocab: int) -> list[int]:
+    return np.random.default_rng(i).integers(0, vocab, size=16).tolist()
+
+
+def in_process_tokens_per_s(engine: LLMEngine, streams: int, vocab: int) -> float:
+    done = [threading.Event() for _ in range(streams)]
+    start = time.perf_counter()
+    for i in range(streams):
+        request = GenerationRequest(prompt(i, vocab), GREEDY, NEW_TOKENS, stop_ids=frozenset())
+        engine.submit(request, lambda t: None, lambda r, e, d=done[i]: d.set())
+    for d in done:
+        d.wait()
+    return streams * NEW_TOKENS / (time.perf_counter() - start)
+
+
+def triton_tokens_per_s(url: str, streams: int, vocab: int) -> float:
+    start = time.perf_counter()
+    opened = [Stream(url).send(prompt(i, vocab), NEW_TOKENS, stop_ids=np.array([-1], np.int64)) for i in range(streams)]
+    for s in opened:
+        s.final.wait()
+    elapsed = time.perf_counter() - start
+    for s in opened:
+        s.close()
+    assert all(len(s.ids) == NEW_TOKENS and not s.errors for s in opened)
+    return streams * NEW_TOKENS / elapsed
+
+
+def one_token_latency_ms(call, repeats: int = 30) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench-llm-"))
+    checkpoint = write_tiny_checkpoint(work / "llm", seed=0)
+    model, _ = load_llm(checkpoint)
+    vocab = model.config.vocab_size
+    config = EngineConfig(max_slots=16, max_seq_len=256)
+
+    engine = LLMEngine(model, config).start()
+    in_process = {n: in_process_tokens_per_s(engine, n, vocab) for n in CONCURRENCY}
+
+    def in_process_one():
+        done = threading.Event()
+        engine.submit(GenerationRequest(prompt(0, vocab), GREEDY, 1), lambda t: None, lambda r, e: done.set())
+        done.wait()
+
+    in_process_call = one_token_latency_ms(in_process_one)
+    engine.stop()
+
+    repo = build_repository(work / "repo", {"llm": checkpoint}, device="cpu")
+    settings = TritonSettings(model_repository=repo, models=("llm",), grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+    with TritonServer(settings, log_path=work / "triton.log").start() as server:
+        triton_tokens_per_s(server.grpc_url, 4, vocab)  # warm-up
+        through_triton = {n: triton_tokens_per_s(server.grpc_url, n, vocab) for n in CONCURRENCY}
+        stream = Stream(server.grpc_url)
+
+        def triton_one():
+            stream.final.clear()
+            stream.send(prompt(0, vocab), 1)
+            stream.final.wait()
+
+        triton_call = one_token_latency_ms(triton_one)
+        stream.close()
+
+    print(f"LM engine, tiny preset, CPU, {NEW_TOKENS} new tokens per stream, greedy")
+    print(f"{'streams':>8} {'in-process tok/s':>17} {'x1':>6} {'Triton tok/s':>13} {'x1':>6}")
+    for n in CONCURRENCY:
+        print(f"{n:>8} {in_process[n]:>17.1f} {in_process[n] / in_process[1]:>6.2f} "
+              f"{through_triton[n]:>13.1f} {through_triton[n] / through_triton[1]:>6.2f}")
+    print(f"one-token request, median of 30: in-process {in_process_call:.2f} ms, Triton {triton_call:.2f} ms, "
+          f"Triton cost per call {triton_call - in_process_call:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
