@@ -40,3 +40,29 @@ def triton_device(requested: str, instance_kind: str, device_id: str | int) -> t
 def version_dir_from_args(args: dict) -> Path:
     """Triton's initialize() args → this version's directory."""
     return Path(args["model_repository"]) / str(args["model_version"])
+
+
+def model_parameters(model_config: dict) -> dict[str, str]:
+    """config.pbtxt `parameters` as a plain {key: string value} dict."""
+    return {key: value["string_value"] for key, value in model_config.get("parameters", {}).items()}
+
+
+def apply_cpu_threads(device: torch.device, threads: int) -> None:
+    """Each Triton instance is its own process; on a shared CPU, fewer torch threads per instance avoid
+    oversubscription. 0 keeps torch's default."""
+    if device.type == "cpu" and threads > 0:
+        torch.set_num_threads(threads)
+
+
+def triton_error(pb_utils, exc: Exception):
+    """A per-request TritonError with the status the client should see: bad input is INVALID_ARG
+    (gRPC INVALID_ARGUMENT), a full engine UNAVAILABLE (retry later), anything else INTERNAL."""
+    from glmvoice.runtime.llm_engine import EngineFullError
+
+    if isinstance(exc, ValueError):
+        code = pb_utils.TritonError.INVALID_ARG
+    elif isinstance(exc, EngineFullError):
+        code = pb_utils.TritonError.UNAVAILABLE
+    else:
+        code = pb_utils.TritonError.INTERNAL
+    return pb_utils.TritonError(str(exc), code)

@@ -11,7 +11,9 @@ import triton_python_backend_utils as pb_utils
 from glmvoice.models.llm_checkpoint import load_llm
 from glmvoice.runtime.llm_engine import EngineConfig, EngineFullError, GenerationRequest, LLMEngine
 from glmvoice.runtime.sampling import OFFICIAL_SAMPLING, SamplingParams
-from glmvoice.runtime.serving import read_version, triton_device, version_dir_from_args
+from glmvoice.runtime.serving import (
+    apply_cpu_threads, model_parameters, read_version, triton_device, triton_error, version_dir_from_args,
+)
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 SAMPLING_INPUTS = ("temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty", "seed")
@@ -27,8 +29,8 @@ class TritonPythonModel:
     def initialize(self, args):
         spec = read_version(version_dir_from_args(args))
         device = triton_device(spec["device"], args["model_instance_kind"], args["model_instance_device_id"])
-        model_config = json.loads(args["model_config"])
-        params = {k: int(v["string_value"]) for k, v in model_config.get("parameters", {}).items()}
+        params = {k: int(v) for k, v in model_parameters(json.loads(args["model_config"])).items()}
+        apply_cpu_threads(device, params.pop("cpu_threads", 0))
         self.model, self.tokenizer = load_llm(spec["path"], device=device)
         self.default_stop_ids = frozenset(self.tokenizer.stop_ids)
         self.engine = LLMEngine(self.model, EngineConfig(**params)).start()
@@ -62,7 +64,7 @@ class TritonPythonModel:
         try:
             generation = self._generation_request(request)
         except (ValueError, TypeError) as exc:
-            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))), flags=FINAL)
+            sender.send(pb_utils.InferenceResponse(error=triton_error(pb_utils, ValueError(str(exc)))), flags=FINAL)
             return
 
         def on_token(token):
@@ -72,7 +74,7 @@ class TritonPythonModel:
             with self.lock:
                 self.senders.pop(generation.request_id, None)
             if error is not None:
-                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"LM engine failed: {error}")), flags=FINAL)
+                sender.send(pb_utils.InferenceResponse(error=triton_error(pb_utils, error)), flags=FINAL)
             elif reason == "cancelled":
                 sender.send(flags=FINAL)
             else:
@@ -90,7 +92,7 @@ class TritonPythonModel:
         except (ValueError, EngineFullError) as exc:
             with self.lock:
                 self.senders.pop(generation.request_id, None)
-            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))), flags=FINAL)
+            sender.send(pb_utils.InferenceResponse(error=triton_error(pb_utils, exc)), flags=FINAL)
 
     def _generation_request(self, request):
         ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy().reshape(-1)

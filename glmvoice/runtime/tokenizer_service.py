@@ -1,0 +1,95 @@
+"""Serving-side speech tokenization: a batch of requests, each a whole clip or a chunk of a live stream.
+
+Whole clips (start and end in one request) are tokenized together in one batched call; stream chunks go
+to their stream's state, opened at start and closed at end. A bad request fails alone: its slot in the
+result holds the exception, and the other requests of the batch are served.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from glmvoice.audio import AudioFormatError, check_waveform
+from glmvoice.runtime.tokenizer_stream import SpeechTokenizer, TokenizerStreams
+
+
+class UnknownStreamError(ValueError):
+    """A chunk for a stream that was never started, or was closed (ended or idle too long)."""
+
+
+@dataclass
+class TokenizeItem:
+    stream_id: str
+    audio: np.ndarray  # mono float32
+    sample_rate: int
+    start: bool
+    end: bool
+
+
+class TokenizerService:
+    def __init__(self, tokenizer: SpeechTokenizer, idle_timeout_s: float = 60.0):
+        self.tokenizer = tokenizer
+        self.streams = TokenizerStreams(tokenizer)
+        self.idle_timeout_s = idle_timeout_s
+        self.last_used: dict[str, float] = {}
+
+    def run(self, items: list[TokenizeItem]) -> list[list[int] | Exception]:
+        self._drop_idle()
+        results: list[list[int] | Exception] = [[] for _ in items]
+        whole = defaultdict(list)  # sample rate -> indices of whole-clip items
+        for index, item in enumerate(items):
+            try:
+                if item.start and item.end:
+                    check_waveform(item.audio)
+                    whole[item.sample_rate].append(index)
+                else:
+                    results[index] = self._stream_chunk(item)
+            except (ValueError, AudioFormatError) as exc:
+                results[index] = exc
+        for rate, indices in whole.items():
+            try:
+                codes = self.tokenizer.tokenize_batch([items[i].audio for i in indices], rate)
+            except (ValueError, AudioFormatError) as exc:
+                codes = [exc] * len(indices)
+            for i, c in zip(indices, codes):
+                results[i] = c
+        return results
+
+    def _stream_chunk(self, item: TokenizeItem) -> list[int]:
+        model_rate = self.tokenizer.config.sampling_rate
+        if item.sample_rate != model_rate:
+            raise AudioFormatError(f"streams must send {model_rate} Hz audio, got {item.sample_rate} Hz")
+        if item.start:
+            self.streams.close(item.stream_id)  # a restarted stream begins afresh
+            self.streams.create(item.stream_id)
+        elif item.stream_id not in self.streams:
+            raise UnknownStreamError(f"no open tokenizer stream {item.stream_id!r}: start it first")
+        self.last_used[item.stream_id] = time.monotonic()
+        stream = self.streams[item.stream_id]
+        try:
+            codes = stream.push(item.audio)
+            if item.end:
+                codes += stream.finalize()
+        except (ValueError, AudioFormatError):
+            self._close(item.stream_id)  # a stream that got garbage cannot continue exactly
+            raise
+        if item.end:
+            self._close(item.stream_id)
+        return codes
+
+    def _close(self, stream_id: str) -> None:
+        self.streams.close(stream_id)
+        self.last_used.pop(stream_id, None)
+
+    def _drop_idle(self) -> None:
+        now = time.monotonic()
+        for stream_id in [s for s, t in self.last_used.items() if now - t > self.idle_timeout_s]:
+            self._close(stream_id)
+
+    @property
+    def open_streams(self) -> int:
+        return len(self.streams)

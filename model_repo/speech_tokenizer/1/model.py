@@ -1,0 +1,51 @@
+"""Triton adapter for the speech tokenizer: Triton tensors in and out of glmvoice.runtime.tokenizer_service."""
+
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from glmvoice.runtime.serving import (
+    apply_cpu_threads, model_parameters, read_version, triton_device, triton_error, version_dir_from_args,
+)
+from glmvoice.runtime.tokenizer_service import TokenizeItem, TokenizerService
+from glmvoice.runtime.tokenizer_stream import load_speech_tokenizer
+
+
+def _input(request, name):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy()
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        model_config = json.loads(args["model_config"])
+        params = model_parameters(model_config)
+        spec = read_version(version_dir_from_args(args))
+        device = triton_device(spec["device"], args["model_instance_kind"], args["model_instance_device_id"])
+        apply_cpu_threads(device, int(params.get("cpu_threads", "0")))
+        idle_us = model_config["sequence_batching"].get("max_sequence_idle_microseconds", 60_000_000)
+        self.service = TokenizerService(load_speech_tokenizer(spec["path"], device), idle_timeout_s=int(idle_us) / 1e6)
+        self.default_rate = self.service.tokenizer.config.sampling_rate
+
+    def execute(self, requests):
+        items = []
+        for request in requests:
+            rate = _input(request, "SAMPLE_RATE")
+            items.append(
+                TokenizeItem(
+                    stream_id=str(int(_input(request, "CORRID").reshape(-1)[0])),
+                    audio=_input(request, "AUDIO").reshape(-1).astype(np.float32),
+                    sample_rate=self.default_rate if rate is None else int(rate.reshape(-1)[0]),
+                    start=bool(_input(request, "START").reshape(-1)[0]),
+                    end=bool(_input(request, "END").reshape(-1)[0]),
+                )
+            )
+        responses = []
+        for result in self.service.run(items):
+            if isinstance(result, Exception):
+                responses.append(pb_utils.InferenceResponse(error=triton_error(pb_utils, result)))
+            else:
+                codes = np.asarray(result, dtype=np.int64)[None]  # [1, N]: the batch dimension
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("CODES", codes)]))
+        return responses

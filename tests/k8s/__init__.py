@@ -1,0 +1,1 @@
+"""Kubernetes: the Helm chart and its manifests on a real API server."""
