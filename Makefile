@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 APT_PACKAGES := redis-server espeak-ng sox pocketsphinx-testdata
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: help setup protos tiny info demo test test-slow test-gpu bench clean
+.PHONY: help setup protos tiny info demo test test-slow test-gpu test-k8s bench chart-tools kube-assets chart images clean
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -47,7 +47,7 @@ info: setup  ## parameter counts and vocabulary facts of the real-size presets
 demo: tiny  ## README's first command: a real recording through the tokenizer and the tiny LM
 	$(PY) -m services.demo --checkpoints $(CKPT)
 
-test: setup  ## README's second command: the test suite (slow and GPU suites excluded)
+test: setup chart-tools kube-assets  ## README's second command: the test suite (slow and GPU suites excluded)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-slow: setup  ## training-quality and other long suites
@@ -58,6 +58,28 @@ test-gpu: setup  ## CUDA suites (on a GPU node)
 
 bench: setup  ## benchmarks print their figures (ratios measured in one run)
 	@set -e; for b in tests/bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+
+test-k8s: setup chart-tools kube-assets  ## chart and API-server tests only
+	$(PY) -m pytest tests/k8s $(PYTEST_ARGS)
+
+chart-tools:  ## pinned helm and kubectl into build/tools (cached in ~/.cache/glmvoice)
+	charts/tools/install-helm.sh
+
+kube-assets:  ## kube-apiserver 1.20 and etcd for tests/k8s (built once, cached in ~/.cache/glmvoice)
+	tests/k8s/build-kube-assets.sh
+
+RELEASE ?= glmvoice
+IMAGE ?= glmvoice
+VERSION ?= 0.1.0
+chart: setup chart-tools  ## lint, validate (Kubernetes 1.28 and 1.33) and package the Helm chart
+	build/tools/helm lint --strict charts/glmvoice
+	set -e; for f in charts/glmvoice/ci/*-values.yaml; do for k in 1.28.0 1.33.0; do \
+	  build/tools/helm template $(RELEASE) charts/glmvoice -f $$f --kube-version $$k | .venv/bin/kubernetes-validate --strict --quiet -k $$k -; done; done
+	build/tools/helm package charts/glmvoice -d build/charts
+
+images:  ## the one glmvoice image, CPU and CUDA variants (needs a container engine)
+	docker build -f charts/image/Dockerfile -t $(IMAGE):$(VERSION) .
+	docker build -f charts/image/Dockerfile --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t $(IMAGE):$(VERSION)-cuda .
 
 clean:  ## remove build outputs (checkpoints, generated code)
 	rm -rf build glmvoice/v1

@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.llm",
     "tests.fixtures.speech_decoder",
     "tests.fixtures.servers",
+    "tests.fixtures.kube",
 ]

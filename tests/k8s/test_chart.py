@@ -30,7 +30,7 @@ WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job"}
 @pytest.fixture(scope="session")
 def helm() -> Path:
     # Idempotent and cached: a no-op when the pinned binary is already in place.
-    subprocess.run([str(ROOT / "scripts" / "install-helm.sh")], check=True, capture_output=True)
+    subprocess.run([str(ROOT / "charts" / "tools" / "install-helm.sh")], check=True, capture_output=True)
     return HELM
 
 
@@ -413,7 +413,7 @@ def test_notes_render(helm):
 
 
 def test_image_user_matches_the_pod_security_context(helm):
-    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    dockerfile = (ROOT / "charts" / "image" / "Dockerfile").read_text()
     user = next(line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER "))
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     uid = values["podSecurityContext"]["runAsUser"]

@@ -11,7 +11,6 @@ import copy
 import pytest
 import yaml
 
-from tests.fixtures.kube import kube_api  # noqa: F401  (fixture)
 from tests.k8s.test_chart import RELEASE, helm, template  # noqa: F401  (helm is a fixture)
 
 pytestmark = pytest.mark.integration

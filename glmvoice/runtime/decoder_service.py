@@ -1,0 +1,89 @@
+"""Serving-side speech decoding: a batch of requests, each carrying new speech codes of one reply stream.
+
+A request may open its stream (start), add codes, and end it (end: flush everything left). All the
+batch's streams then decode together, one batched pass per block, until none has a full block left (or,
+for ended streams, anything left). A bad request fails alone: its result is the exception.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from glmvoice.runtime.decoder_stream import DecoderStreams
+
+
+class UnknownStreamError(ValueError):
+    """Codes for a reply stream that was never started, or was closed (ended or idle too long)."""
+
+
+@dataclass
+class DecodeItem:
+    stream_id: str
+    codes: list[int]
+    start: bool
+    end: bool
+    seed: int = 0
+    output_rate: int | None = None  # None: the decoder's own rate
+
+
+class DecoderService:
+    def __init__(self, streams: DecoderStreams, idle_timeout_s: float = 60.0):
+        self.streams = streams
+        self.idle_timeout_s = idle_timeout_s
+        self.last_used: dict[str, float] = {}
+
+    @property
+    def sample_rate(self) -> int:
+        return self.streams.decoder.sample_rate
+
+    def run(self, items: list[DecodeItem]) -> list[list[np.ndarray] | Exception]:
+        """-> per item, the audio chunks its request produced (in order), or the exception it raised."""
+        self._drop_idle()
+        results: list[list[np.ndarray] | Exception] = [[] for _ in items]
+        live: dict[str, int] = {}  # stream id -> item index
+        for index, item in enumerate(items):
+            try:
+                self._accept(item)
+                live[item.stream_id] = index
+            except (ValueError, KeyError) as exc:
+                results[index] = exc if isinstance(exc, ValueError) else UnknownStreamError(str(exc))
+        ending = [sid for sid, i in live.items() if items[i].end]
+        while True:
+            produced = self.streams.run(list(live), final=ending)
+            if not produced:
+                break
+            for sid, audio in produced.items():
+                if audio.size:
+                    results[live[sid]].append(audio)
+        for sid in ending:
+            self._close(sid)
+        return results
+
+    def _accept(self, item: DecodeItem) -> None:
+        if item.start:
+            self._close(item.stream_id)  # a restarted stream begins afresh
+            self.streams.open(item.stream_id, seed=item.seed, output_rate=item.output_rate)
+        elif item.stream_id not in self.streams.states:
+            raise UnknownStreamError(f"no open decoder stream {item.stream_id!r}: start it first")
+        self.last_used[item.stream_id] = time.monotonic()
+        try:
+            self.streams.feed(item.stream_id, item.codes)
+        except ValueError:
+            self._close(item.stream_id)  # a reply with garbage codes cannot continue coherently
+            raise
+
+    def _close(self, stream_id: str) -> None:
+        self.streams.close(stream_id)
+        self.last_used.pop(stream_id, None)
+
+    def _drop_idle(self) -> None:
+        now = time.monotonic()
+        for stream_id in [s for s, t in self.last_used.items() if now - t > self.idle_timeout_s]:
+            self._close(stream_id)
+
+    @property
+    def open_streams(self) -> int:
+        return len(self.streams.states)
