@@ -9,7 +9,9 @@ with `EngineFullError`. Cancelling a request frees its slot at once.
 Prefix reuse: a request may name a `prefix_key` (the session id). When it finishes, the KV of every token
 it fed is kept in a bounded LRU store; the next request with that key copies the longest common prefix of
 its prompt with the stored ids into its slot and prefills only the rest. A multi-turn session's next turn
-then prefills just the new user input instead of the whole history.
+then prefills just the new user input instead of the whole history. A request with max_new_tokens=0 only
+prefills (finish reason "prefilled") and keeps its KV: a caller can prefill the user's speech while the
+user is still speaking, so the final request at end of turn prefills only the last few tokens.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class GenerationRequest:
 # on_token(id) for each generated id; on_finish(reason, error) once: reason in FINISH_REASONS.
 TokenCallback = Callable[[int], None]
 FinishCallback = Callable[[str, Exception | None], None]
-FINISH_REASONS = ("stop", "length", "cancelled", "error")
+FINISH_REASONS = ("stop", "length", "prefilled", "cancelled", "error")
 
 
 @dataclass
@@ -189,8 +191,10 @@ class LLMEngine:
         bad = [i for i in request.prompt_ids if not 0 <= i < vocab]
         if bad:
             raise RequestError(f"prompt ids out of range [0, {vocab}): {bad[:5]}")
-        if request.max_new_tokens < 1:
-            raise RequestError(f"max_new_tokens must be >= 1, got {request.max_new_tokens}")
+        if request.max_new_tokens < 0:
+            raise RequestError(f"max_new_tokens must be >= 0 (0: prefill only), got {request.max_new_tokens}")
+        if request.max_new_tokens == 0 and not request.prefix_key:
+            raise RequestError("a prefill-only request (max_new_tokens 0) needs a prefix_key to keep its KV under")
         if len(request.prompt_ids) >= self.config.max_seq_len:
             raise RequestError(f"prompt of {len(request.prompt_ids)} tokens exceeds max_seq_len {self.config.max_seq_len}")
 
@@ -248,7 +252,11 @@ class LLMEngine:
                 if seq.cancelled:
                     continue
                 seq.fed += len(chunk)
-                if not seq.prefilling:
+                if seq.prefilling:
+                    continue
+                if seq.request.max_new_tokens == 0:
+                    self._finish(seq, "prefilled")
+                else:
                     self._emit([seq], logits)
         if decoding:
             logits = self._forward(decoding, [[s.ids[-1]] for s in decoding], [s.fed for s in decoding])
@@ -294,7 +302,7 @@ class LLMEngine:
         if self.by_id.pop(seq.request.request_id, None) is None:
             return
         if seq.slot >= 0:
-            if seq.request.prefix_key and seq.fed and reason in ("stop", "length") and self.config.prefix_cache_tokens:
+            if seq.request.prefix_key and seq.fed and reason in ("stop", "length", "prefilled") and self.config.prefix_cache_tokens:
                 kv = [
                     (c.k_cache[seq.slot, :, : seq.fed].clone(), c.v_cache[seq.slot, :, : seq.fed].clone())
                     for c in self.model.kv_caches

@@ -105,7 +105,8 @@ def test_full_engine_refuses_with_a_clear_error(model):
 
 @pytest.mark.parametrize(
     "prompt_ids, max_new, message",
-    [([], 4, "empty prompt"), ([10**9], 4, "out of range"), ([1, 2], 0, "max_new_tokens"), ([1] * 64, 4, "exceeds max_seq_len")],
+    [([], 4, "empty prompt"), ([10**9], 4, "out of range"), ([1, 2], -1, "max_new_tokens"), ([1, 2], 0, "prefix_key"),
+     ([1] * 64, 4, "exceeds max_seq_len")],
 )
 def test_bad_requests_are_refused(model, prompt_ids, max_new, message):
     engine = LLMEngine(model, EngineConfig(max_slots=1, max_seq_len=64))
@@ -131,3 +132,21 @@ def test_prefix_reuse_prefills_only_the_new_turn_and_changes_nothing(model):
     assert reused == len(history) - 1
     assert after["prefill_tokens"] - before["prefill_tokens"] == len(second_prompt) - reused
     assert turn2.ids == generate(model, second_prompt, 10, params=GREEDY).ids
+
+
+def test_prefill_while_speaking_then_answer_prefills_only_the_tail(model):
+    speech = prompts(1, model.config.vocab_size)[0] * 10  # 50 ids
+    engine = LLMEngine(model, EngineConfig(max_slots=2, max_seq_len=256, prefill_chunk=8)).start()
+    try:
+        # The user is still speaking: prefill what has arrived, twice, as it grows.
+        for partial in (speech[:20], speech[:40]):
+            [done] = run_engine(engine, [GenerationRequest(partial, GREEDY, 0, prefix_key="s")])
+            assert done.reason == ("prefilled", None) and done.ids == []
+        before = engine.stats()
+        final_prompt = speech + [7, 8]
+        [answer] = run_engine(engine, [GenerationRequest(final_prompt, GREEDY, 8, prefix_key="s")])
+        after = engine.stats()
+    finally:
+        engine.stop()
+    assert after["prefill_tokens"] - before["prefill_tokens"] == len(final_prompt) - 40
+    assert answer.ids == generate(model, final_prompt, 8, params=GREEDY).ids
