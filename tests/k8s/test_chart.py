@@ -419,7 +419,7 @@ def test_image_user_matches_the_pod_security_context(helm):
     uid = values["podSecurityContext"]["runAsUser"]
     assert user == f"{uid}:{values['podSecurityContext']['runAsGroup']}"
     # Every module the chart runs has a role in the image's entry point.
-    entrypoint = (ROOT / "docker" / "entrypoint.sh").read_text()
+    entrypoint = (ROOT / "charts" / "image" / "entrypoint.sh").read_text()
     modules = {c["command"][2] for _, c in containers(render(helm, "gpu-values.yaml")) if c["command"][0] == "python"}
     assert modules == {"services.triton", "services.orchestrator", "services.gateway",
                        "training.jobs.train", "training.jobs.evaluate"}
