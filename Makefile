@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 APT_PACKAGES := redis-server espeak-ng sox pocketsphinx-testdata
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: help setup protos tiny info demo test test-slow test-gpu test-k8s bench chart-tools kube-assets chart images clean
+.PHONY: help setup protos tiny info engines demo test test-slow test-gpu test-k8s bench chart-tools kube-assets chart images clean
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ tiny: setup  ## build the tiny checkpoints with our own training code into build
 
 info: setup  ## parameter counts and vocabulary facts of the real-size presets
 	.venv/bin/glmvoice info --preset glm-4-voice
+
+engines: tiny  ## ONNX exports, then TensorRT plans into build/engines (GPU nodes; stops with a message elsewhere)
+	$(PY) -m training.export.tensorrt --checkpoints $(CKPT) --out build/engines
 
 demo: tiny  ## README's first command: a real recording through the tokenizer and the tiny LM
 	$(PY) -m services.demo --checkpoints $(CKPT)
