@@ -49,7 +49,7 @@ def _llm_preset(preset: str) -> dict:
 def _decoder_preset(preset: str) -> dict:
     from glmvoice.models.speech_decoder import DecoderConfig, speech_decoder_info
 
-    return speech_decoder_info(DecoderConfig.from_name(preset))
+    return {"network": "speech_decoder", **speech_decoder_info(DecoderConfig.from_name(preset))}
 
 
 def _tokenizer_checkpoint(directory: Path) -> dict:
@@ -69,7 +69,7 @@ def _llm_checkpoint(directory: Path) -> dict:
 def _decoder_checkpoint(directory: Path) -> dict:
     from glmvoice.models.speech_decoder import read_decoder_config, speech_decoder_info
 
-    return speech_decoder_info(read_decoder_config(directory))
+    return {"network": "speech_decoder", **speech_decoder_info(read_decoder_config(directory))}
 
 
 PRESET_INFO = {"speech_tokenizer": _tokenizer_preset, "llm": _llm_preset, "speech_decoder": _decoder_preset}

@@ -1,12 +1,11 @@
 """LM engine throughput: aggregate tokens/s at 1, 4, 8 and 16 concurrent streams, in process and through
-a real Triton server (tiny preset, CPU), plus Triton's cost per call against the in-process engine.
+a real Triton server (tiny preset, CPU). Triton's cost per call is in bench_triton_cost.py.
 
 Prints figures; asserts nothing (`make bench`). All ratios come from one run on one machine.
 """
 
 from __future__ import annotations
 
-import statistics
 import sys
 import tempfile
 import threading
@@ -57,15 +56,6 @@ def triton_tokens_per_s(url: str, streams: int, vocab: int) -> float:
     return streams * NEW_TOKENS / elapsed
 
 
-def one_token_latency_ms(call, repeats: int = 30) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
-
-
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-llm-"))
     checkpoint = write_tiny_checkpoint(work / "llm", seed=0)
@@ -75,13 +65,6 @@ def main() -> None:
 
     engine = LLMEngine(model, config).start()
     in_process = {n: in_process_tokens_per_s(engine, n, vocab) for n in CONCURRENCY}
-
-    def in_process_one():
-        done = threading.Event()
-        engine.submit(GenerationRequest(prompt(0, vocab), GREEDY, 1), lambda t: None, lambda r, e: done.set())
-        done.wait()
-
-    in_process_call = one_token_latency_ms(in_process_one)
     engine.stop()
 
     repo = build_repository(work / "repo", {"llm": checkpoint}, device="cpu")
@@ -89,23 +72,12 @@ def main() -> None:
     with TritonServer(settings, log_path=work / "triton.log").start() as server:
         triton_tokens_per_s(server.grpc_url, 4, vocab)  # warm-up
         through_triton = {n: triton_tokens_per_s(server.grpc_url, n, vocab) for n in CONCURRENCY}
-        stream = Stream(server.grpc_url)
-
-        def triton_one():
-            stream.final.clear()
-            stream.send(prompt(0, vocab), 1)
-            stream.final.wait()
-
-        triton_call = one_token_latency_ms(triton_one)
-        stream.close()
 
     print(f"LM engine, tiny preset, CPU, {NEW_TOKENS} new tokens per stream, greedy")
     print(f"{'streams':>8} {'in-process tok/s':>17} {'x1':>6} {'Triton tok/s':>13} {'x1':>6}")
     for n in CONCURRENCY:
         print(f"{n:>8} {in_process[n]:>17.1f} {in_process[n] / in_process[1]:>6.2f} "
               f"{through_triton[n]:>13.1f} {through_triton[n] / through_triton[1]:>6.2f}")
-    print(f"one-token request, median of 30: in-process {in_process_call:.2f} ms, Triton {triton_call:.2f} ms, "
-          f"Triton cost per call {triton_call - in_process_call:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,10 @@ from glmvoice.runtime.tokenizer_stream import load_speech_tokenizer
 pytestmark = pytest.mark.integration
 
 
-def infer(url, audio, corrid, start=True, end=True, rate=None):
-    client = grpcclient.InferenceServerClient(url)
+def infer(url, audio, corrid, start=True, end=True, rate=None, client=None):
+    """One request; a given client is reused (and left open), else one is made for the call."""
+    own = client is None
+    client = client or grpcclient.InferenceServerClient(url)
     inputs = [grpcclient.InferInput("AUDIO", [1, len(audio)], "FP32")]
     inputs[0].set_data_from_numpy(np.asarray(audio, np.float32)[None])
     if rate is not None:
@@ -26,7 +28,8 @@ def infer(url, audio, corrid, start=True, end=True, rate=None):
         result = client.infer("speech_tokenizer", inputs, sequence_id=corrid, sequence_start=start, sequence_end=end)
         return result.as_numpy("CODES").reshape(-1).tolist()
     finally:
-        client.close()
+        if own:
+            client.close()
 
 
 @pytest.fixture(scope="module")
