@@ -6,6 +6,7 @@ Prints figures; asserts nothing (`make bench`). All ratios come from one run on 
 
 from __future__ import annotations
 
+import statistics
 import sys
 import tempfile
 import threading
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -25,7 +27,8 @@ from tests.fixtures.servers import free_port  # noqa: E402
 from tests.integration.test_triton_llm import Stream  # noqa: E402
 
 CONCURRENCY = (1, 4, 8, 16)
-NEW_TOKENS = 64
+NEW_TOKENS = 96
+ROUNDS = 3  # each figure is the median of ROUNDS runs, the levels interleaved so load falls on all alike
 GREEDY = SamplingParams(temperature=0.0)
 
 
@@ -44,9 +47,10 @@ def in_process_tokens_per_s(engine: LLMEngine, streams: int, vocab: int) -> floa
     return streams * NEW_TOKENS / (time.perf_counter() - start)
 
 
-def triton_tokens_per_s(url: str, streams: int, vocab: int) -> float:
+def triton_tokens_per_s(url: str, streams: int, vocab: int, chunk: int) -> float:
     start = time.perf_counter()
-    opened = [Stream(url).send(prompt(i, vocab), NEW_TOKENS, stop_ids=np.array([-1], np.int64)) for i in range(streams)]
+    chunking = {"stream_chunk_tokens": np.array([chunk], np.int32)}
+    opened = [Stream(url).send(prompt(i, vocab), NEW_TOKENS, stop_ids=np.array([-1], np.int64), **chunking) for i in range(streams)]
     for s in opened:
         s.final.wait()
     elapsed = time.perf_counter() - start
@@ -56,7 +60,16 @@ def triton_tokens_per_s(url: str, streams: int, vocab: int) -> float:
     return streams * NEW_TOKENS / elapsed
 
 
+def interleaved(measure) -> dict[int, float]:
+    runs: dict[int, list[float]] = {n: [] for n in CONCURRENCY}
+    for _ in range(ROUNDS):
+        for n in CONCURRENCY:
+            runs[n].append(measure(n))
+    return {n: statistics.median(r) for n, r in runs.items()}
+
+
 def main() -> None:
+    torch.set_num_threads(1)  # as each Triton instance runs (cpu_threads in config.pbtxt): a fair comparison
     work = Path(tempfile.mkdtemp(prefix="bench-llm-"))
     checkpoint = write_tiny_checkpoint(work / "llm", seed=0)
     model, _ = load_llm(checkpoint)
@@ -64,20 +77,22 @@ def main() -> None:
     config = EngineConfig(max_slots=16, max_seq_len=256)
 
     engine = LLMEngine(model, config).start()
-    in_process = {n: in_process_tokens_per_s(engine, n, vocab) for n in CONCURRENCY}
+    in_process = interleaved(lambda n: in_process_tokens_per_s(engine, n, vocab))
     engine.stop()
 
     repo = build_repository(work / "repo", {"llm": checkpoint}, device="cpu")
     settings = TritonSettings(model_repository=repo, models=("llm",), grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
     with TritonServer(settings, log_path=work / "triton.log").start() as server:
-        triton_tokens_per_s(server.grpc_url, 4, vocab)  # warm-up
-        through_triton = {n: triton_tokens_per_s(server.grpc_url, n, vocab) for n in CONCURRENCY}
+        triton_tokens_per_s(server.grpc_url, 4, vocab, 1)  # warm-up
+        # Every id its own response, and ids in responses of 10 (the decoder's block of speech codes).
+        per_id = interleaved(lambda n: triton_tokens_per_s(server.grpc_url, n, vocab, 1))
+        per_block = interleaved(lambda n: triton_tokens_per_s(server.grpc_url, n, vocab, 10))
 
     print(f"LM engine, tiny preset, CPU, {NEW_TOKENS} new tokens per stream, greedy")
-    print(f"{'streams':>8} {'in-process tok/s':>17} {'x1':>6} {'Triton tok/s':>13} {'x1':>6}")
+    columns = {"in-process": in_process, "Triton, 1 id/response": per_id, "Triton, 10 ids/response": per_block}
+    print(f"{'streams':>8}" + "".join(f" {name:>24} {'x1':>5}" for name in columns))
     for n in CONCURRENCY:
-        print(f"{n:>8} {in_process[n]:>17.1f} {in_process[n] / in_process[1]:>6.2f} "
-              f"{through_triton[n]:>13.1f} {through_triton[n] / through_triton[1]:>6.2f}")
+        print(f"{n:>8}" + "".join(f" {figures[n]:>20.1f} tok/s {figures[n] / figures[1]:>5.2f}" for figures in columns.values()))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Triton adapter for the LM: protobuf-free glue between Triton requests and glmvoice.runtime.llm_engine."""
 
 import json
+import queue
 import threading
 import time
 import uuid
@@ -17,7 +18,9 @@ from glmvoice.runtime.serving import (
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 SAMPLING_INPUTS = ("temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty", "seed")
-CANCEL_POLL_S = 0.01
+# Each poll asks the server process about every live request: often enough to free a barged-in reply's
+# slot well within one 0.8 s speech block, rarely enough not to tax the engine's own steps.
+CANCEL_POLL_S = 0.05
 
 
 def _scalar(request, name):
@@ -31,6 +34,7 @@ class TritonPythonModel:
         device = triton_device(spec["device"], args["model_instance_kind"], args["model_instance_device_id"])
         params = {k: int(v) for k, v in model_parameters(json.loads(args["model_config"])).items()}
         apply_cpu_threads(device, params.pop("cpu_threads", 0))
+        self.default_chunk = params.pop("stream_chunk_tokens", 1)
         self.model, self.tokenizer = load_llm(spec["path"], device=device)
         self.default_stop_ids = frozenset(self.tokenizer.stop_ids)
         self.engine = LLMEngine(self.model, EngineConfig(**params)).start()
@@ -40,6 +44,11 @@ class TritonPythonModel:
         self.running = True
         self.watcher = threading.Thread(target=self._watch_cancellations, daemon=True)
         self.watcher.start()
+        # Responses leave from their own thread: a send is a round trip to the server process, and the
+        # engine's next step should not wait for it. One thread keeps each request's responses in order.
+        self.outbox = queue.SimpleQueue()
+        self.postman = threading.Thread(target=self._send_responses, daemon=True)
+        self.postman.start()
 
     def _metrics(self):
         # The family must outlive its metrics, so it is kept on the instance.
@@ -67,20 +76,31 @@ class TritonPythonModel:
             sender.send(pb_utils.InferenceResponse(error=triton_error(pb_utils, ValueError(str(exc)))), flags=FINAL)
             return
 
+        # Ids go out in responses of `chunk` ids: one response per id costs a message per stream per step,
+        # which dominates small models; the final response carries what is left.
+        chunk = _scalar(request, "stream_chunk_tokens") or self.default_chunk
+        pending = []
+
+        def ids_tensor():
+            tensor = pb_utils.Tensor("output_ids", np.array(pending, np.int64))
+            pending.clear()
+            return tensor
+
         def on_token(token):
-            sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("output_ids", np.array([token], np.int64))]))
+            pending.append(token)
+            if len(pending) >= chunk:
+                self.outbox.put((sender, pb_utils.InferenceResponse([ids_tensor()]), 0))
 
         def on_finish(reason, error):
             with self.lock:
                 self.senders.pop(generation.request_id, None)
             if error is not None:
-                sender.send(pb_utils.InferenceResponse(error=triton_error(pb_utils, error)), flags=FINAL)
+                self.outbox.put((sender, pb_utils.InferenceResponse(error=triton_error(pb_utils, error)), FINAL))
             elif reason == "cancelled":
-                sender.send(flags=FINAL)
+                self.outbox.put((sender, None, FINAL))
             else:
                 done = pb_utils.Tensor("finish_reason", np.array([reason.encode()], np.object_))
-                empty = pb_utils.Tensor("output_ids", np.zeros([0], np.int64))
-                sender.send(pb_utils.InferenceResponse([empty, done]), flags=FINAL)
+                self.outbox.put((sender, pb_utils.InferenceResponse([ids_tensor(), done]), FINAL))
 
         # Our own id: Triton's request ids are optional and need not be unique. The engine calls on_finish
         # with its lock held, so self.lock is never held while calling into the engine.
@@ -122,7 +142,20 @@ class TritonPythonModel:
                 pb_utils.Logger.log_error(f"llm cancellation watcher: {exc!r}")
             time.sleep(CANCEL_POLL_S)
 
+    def _send_responses(self):
+        while (item := self.outbox.get()) is not None:
+            sender, response, flags = item
+            try:
+                if response is None:
+                    sender.send(flags=flags)
+                else:
+                    sender.send(response, flags=flags)
+            except Exception as exc:  # a client gone mid-stream must not stop the others' responses
+                pb_utils.Logger.log_error(f"llm response not sent: {exc!r}")
+
     def finalize(self):
         self.running = False
         self.watcher.join()
         self.engine.stop()
+        self.outbox.put(None)
+        self.postman.join()
