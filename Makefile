@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 APT_PACKAGES := redis-server espeak-ng sox pocketsphinx-testdata
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: help setup protos tiny info engines demo test test-slow test-gpu test-k8s bench chart-tools kube-assets chart images clean
+.PHONY: help setup protos tiny info engines demo test test-slow test-gpu test-k8s bench bench-gpu chart-tools kube-assets chart images clean
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -83,6 +83,9 @@ chart: setup chart-tools  ## lint, validate (Kubernetes 1.28 and 1.33) and packa
 images:  ## the one glmvoice image, CPU and CUDA variants (needs a container engine)
 	docker build -f charts/image/Dockerfile -t $(IMAGE):$(VERSION) .
 	docker build -f charts/image/Dockerfile --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t $(IMAGE):$(VERSION)-cuda .
+
+bench-gpu: setup  ## real-size presets with random weights on CUDA (a GPU node)
+	$(PY) tests/bench/bench_real_size.py --device cuda --preset glm-4-voice
 
 clean:  ## remove build outputs (checkpoints, generated code)
 	rm -rf build glmvoice/v1
