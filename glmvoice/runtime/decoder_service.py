@@ -7,16 +7,13 @@ for ended streams, anything left). A bad request fails alone: its result is the 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from glmvoice.runtime.idle import IdleClock, UnknownStreamError
 from glmvoice.runtime.decoder_stream import DecoderStreams
 
-
-class UnknownStreamError(ValueError):
-    """Codes for a reply stream that was never started, or was closed (ended or idle too long)."""
 
 
 @dataclass
@@ -32,8 +29,7 @@ class DecodeItem:
 class DecoderService:
     def __init__(self, streams: DecoderStreams, idle_timeout_s: float = 60.0):
         self.streams = streams
-        self.idle_timeout_s = idle_timeout_s
-        self.last_used: dict[str, float] = {}
+        self.clock = IdleClock(idle_timeout_s)
 
     @property
     def sample_rate(self) -> int:
@@ -68,7 +64,7 @@ class DecoderService:
             self.streams.open(item.stream_id, seed=item.seed, output_rate=item.output_rate)
         elif item.stream_id not in self.streams.states:
             raise UnknownStreamError(f"no open decoder stream {item.stream_id!r}: start it first")
-        self.last_used[item.stream_id] = time.monotonic()
+        self.clock.touch(item.stream_id)
         try:
             self.streams.feed(item.stream_id, item.codes)
         except ValueError:
@@ -77,11 +73,10 @@ class DecoderService:
 
     def _close(self, stream_id: str) -> None:
         self.streams.close(stream_id)
-        self.last_used.pop(stream_id, None)
+        self.clock.forget(stream_id)
 
     def _drop_idle(self) -> None:
-        now = time.monotonic()
-        for stream_id in [s for s, t in self.last_used.items() if now - t > self.idle_timeout_s]:
+        for stream_id in self.clock.expired():
             self._close(stream_id)
 
     @property

@@ -7,18 +7,15 @@ result holds the exception, and the other requests of the batch are served.
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 
 from glmvoice.audio import AudioFormatError, check_waveform
+from glmvoice.runtime.idle import IdleClock, UnknownStreamError
 from glmvoice.runtime.tokenizer_stream import SpeechTokenizer, TokenizerStreams
 
-
-class UnknownStreamError(ValueError):
-    """A chunk for a stream that was never started, or was closed (ended or idle too long)."""
 
 
 @dataclass
@@ -34,8 +31,7 @@ class TokenizerService:
     def __init__(self, tokenizer: SpeechTokenizer, idle_timeout_s: float = 60.0):
         self.tokenizer = tokenizer
         self.streams = TokenizerStreams(tokenizer)
-        self.idle_timeout_s = idle_timeout_s
-        self.last_used: dict[str, float] = {}
+        self.clock = IdleClock(idle_timeout_s)
 
     def run(self, items: list[TokenizeItem]) -> list[list[int] | Exception]:
         self._drop_idle()
@@ -68,7 +64,7 @@ class TokenizerService:
             self.streams.create(item.stream_id)
         elif item.stream_id not in self.streams:
             raise UnknownStreamError(f"no open tokenizer stream {item.stream_id!r}: start it first")
-        self.last_used[item.stream_id] = time.monotonic()
+        self.clock.touch(item.stream_id)
         stream = self.streams[item.stream_id]
         try:
             codes = stream.push(item.audio)
@@ -83,11 +79,10 @@ class TokenizerService:
 
     def _close(self, stream_id: str) -> None:
         self.streams.close(stream_id)
-        self.last_used.pop(stream_id, None)
+        self.clock.forget(stream_id)
 
     def _drop_idle(self) -> None:
-        now = time.monotonic()
-        for stream_id in [s for s, t in self.last_used.items() if now - t > self.idle_timeout_s]:
+        for stream_id in self.clock.expired():
             self._close(stream_id)
 
     @property
