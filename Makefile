@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 APT_PACKAGES := redis-server espeak-ng sox pocketsphinx-testdata
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: help setup protos tiny info engines demo test test-slow test-gpu test-k8s bench bench-gpu chart-tools kube-assets chart images clean
+.PHONY: help setup protos tiny info engines demo test test-slow test-gpu test-k8s bench bench-gpu promote rollback chart-tools kube-assets chart images clean
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -86,6 +86,13 @@ images:  ## the one glmvoice image, CPU and CUDA variants (needs a container eng
 
 bench-gpu: setup  ## real-size presets with random weights on CUDA (a GPU node)
 	$(PY) tests/bench/bench_real_size.py --device cuda --preset glm-4-voice
+
+MODEL ?= llm
+promote: setup  ## make promote MODEL=llm CANDIDATE=<id> (env: REDIS_ADDR, GLMVOICE_MODEL_REPOSITORY, GLMVOICE_STORE, TRITON_ADDRS)
+	.venv/bin/glmvoice promote $(MODEL) --candidate $(CANDIDATE)
+
+rollback: setup  ## make rollback MODEL=llm: serve the previous checkpoint again
+	.venv/bin/glmvoice rollback $(MODEL)
 
 clean:  ## remove build outputs (checkpoints, generated code)
 	rm -rf build glmvoice/v1

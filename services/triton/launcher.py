@@ -89,7 +89,10 @@ def prepare_backends(directory: Path) -> Path:
 def server_environment() -> dict[str, str]:
     """The environment the python backend stub needs: our libpython first, our interpreter on PATH."""
     env = dict(os.environ)
-    libs = [str(_wheel_root().parent.parent / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR")]
+    # LIBDIR has been seen to come back None when several threads first ask at once; sys.base_prefix/lib
+    # is where CPython installs libpython otherwise.
+    libdir = sysconfig.get_config_var("LIBDIR") or str(Path(sys.base_prefix) / "lib")
+    libs = [str(_wheel_root().parent.parent / "nvidia_pytriton.libs"), libdir]
     if env.get("LD_LIBRARY_PATH"):
         libs.append(env["LD_LIBRARY_PATH"])
     # Debian's own libpython 3.11 would otherwise be found first and the stub fails on RLock internals.

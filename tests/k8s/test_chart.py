@@ -144,7 +144,7 @@ def test_probe_kinds_follow_the_contract(helm):
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
     for model in ("speech-tokenizer", "llm", "speech-decoder"):
         triton = pod_spec(deployments[f"{RELEASE}-glmvoice-triton-{model}"])["containers"][0]
-        assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+        assert triton["readinessProbe"]["httpGet"]["path"] == f"/v2/models/{model.replace('-', '_')}/ready"
         assert triton["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
         ports = {p["name"]: p["containerPort"] for p in triton["ports"]}
         assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
@@ -370,7 +370,7 @@ def test_network_policies_allow_only_the_design_paths(helm):
 
     assert sources("redis", "redis") == {"orchestrator", "promoter"}
     assert sources("triton", "grpc") == {"orchestrator", "promoter"}
-    assert sources("triton", "http") == {"promoter"}
+    assert sources("triton", "http") == set()
     assert sources("triton", "metrics") == {"other-namespace"}
 
 

@@ -105,6 +105,6 @@ how to find the Triton pods of the model it swaps. Takes {"ctx", "model"}.
       fieldPath: metadata.namespace
 - name: TRITON_LABEL_SELECTOR
   value: {{ include "glmvoice.selectorString" (dict "ctx" .ctx "component" "triton" "model" .model) | quote }}
-- name: TRITON_HTTP_PORT
-  value: {{ .ctx.Values.triton.ports.http | quote }}
+- name: TRITON_GRPC_PORT
+  value: {{ .ctx.Values.triton.ports.grpc | quote }}
 {{- end }}

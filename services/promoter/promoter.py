@@ -1,0 +1,189 @@
+"""Promotion and rollback of one model: registry, artifacts, repository version, rollout.
+
+Where things live (Kubernetes: the store and the model-repository volumes; locally: any directories):
+  <store>/<model>/<id>/                   a training run's checkpoint (provenance.json; eval/metrics.json
+                                          or metrics.json with the gate's verdict)
+  <serving_checkpoints>/<model>/<id>/     the copy Triton reads: Triton pods mount only the repository volume
+  <repository>/<model>/<version>/         a version referencing that copy (services.triton.repository)
+Versions only go up: a rollback serves the previous checkpoint as a new version, so that a restarted
+replica, which loads the newest version, always comes back with what the others serve.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from services.promoter.registry import Checkpoint, Event, Registry, RegistryError, now_iso
+from services.promoter.replicas import Replica
+from services.promoter.rollout import RolloutError, RolloutPlan, rollout
+from services.triton.repository import MODELS, add_version
+
+
+@dataclass(frozen=True)
+class PromoterSettings:
+    redis_addr: str
+    model_repository: Path
+    store: Path
+    serving_checkpoints: Path
+    triton_addrs: tuple[str, ...] = ()  # static gRPC addresses; empty means Kubernetes pods
+    namespace: str = ""
+    label_selector: str = ""
+    grpc_port: int = 8001
+    device: str = "auto"
+    canary_timeout_s: float = 120.0
+    load_timeout_s: float = 900.0
+    lock_timeout_s: float = 3600.0
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides) -> "PromoterSettings":
+        """REDIS_ADDR, GLMVOICE_MODEL_REPOSITORY, GLMVOICE_STORE, GLMVOICE_SERVING_CHECKPOINTS, TRITON_ADDRS
+        (comma-separated host:grpc_port) or POD_NAMESPACE + TRITON_LABEL_SELECTOR + TRITON_GRPC_PORT."""
+        env = dict(os.environ if env is None else env)
+        values = {
+            "redis_addr": env.get("REDIS_ADDR", ""),
+            "model_repository": env.get("GLMVOICE_MODEL_REPOSITORY", ""),
+            "store": env.get("GLMVOICE_STORE", ""),
+            "serving_checkpoints": env.get("GLMVOICE_SERVING_CHECKPOINTS", ""),
+            "triton_addrs": tuple(a for a in env.get("TRITON_ADDRS", "").split(",") if a),
+            "namespace": env.get("POD_NAMESPACE", ""),
+            "label_selector": env.get("TRITON_LABEL_SELECTOR", ""),
+            "grpc_port": int(env.get("TRITON_GRPC_PORT", "8001")),
+            "device": env.get("GLMVOICE_DEVICE", "auto"),
+        }
+        values.update({k: v for k, v in overrides.items() if v not in (None, "", ())})
+        for key, name in (("redis_addr", "REDIS_ADDR"), ("model_repository", "GLMVOICE_MODEL_REPOSITORY"),
+                          ("store", "GLMVOICE_STORE")):
+            if not values[key]:
+                raise ValueError(f"{name} is not set (or pass --{key.replace('_', '-')})")
+        if not values["triton_addrs"] and not (values["namespace"] and values["label_selector"]):
+            raise ValueError("no Triton replicas: set TRITON_ADDRS, or POD_NAMESPACE and TRITON_LABEL_SELECTOR")
+        repository = Path(values["model_repository"])
+        # Beside the repository on the same volume, so Triton pods see it at the same path.
+        values["serving_checkpoints"] = Path(values["serving_checkpoints"] or repository.parent / "checkpoints")
+        return cls(**{**values, "model_repository": repository, "store": Path(values["store"])})
+
+
+def redis_client(addr: str):
+    import redis
+
+    host, _, port = addr.rpartition(":")
+    return redis.Redis(host=host or "localhost", port=int(port or 6379))
+
+
+def discover_replicas(settings: PromoterSettings, core_api=None) -> list[Replica]:
+    from services.promoter.replicas import pod_replicas, static_replicas
+
+    if settings.triton_addrs:
+        return static_replicas(list(settings.triton_addrs))
+    if core_api is None:
+        from kubernetes import client, config
+
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        core_api = client.CoreV1Api()
+    return pod_replicas(core_api, settings.namespace, settings.label_selector, settings.grpc_port)
+
+
+def read_evaluation(checkpoint: Path) -> dict:
+    """The evaluation Job writes <checkpoint>/eval/metrics.json; a trainer may leave one beside the weights."""
+    from training.provenance import METRICS_NAME, read_metrics
+
+    evaluated = checkpoint / "eval"
+    return read_metrics(evaluated if (evaluated / METRICS_NAME).exists() else checkpoint)
+
+
+def copy_checkpoint(source: Path, target: Path) -> Path:
+    """Copies a checkpoint directory once (staging then rename: readers never see half a copy)."""
+    if target.is_dir():
+        return target
+    staging = target.parent / f".staging-{target.name}"
+    shutil.rmtree(staging, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source, staging)
+    staging.rename(target)
+    return target
+
+
+@dataclass
+class Promoter:
+    settings: PromoterSettings
+    registry: Registry
+    replicas: list[Replica]
+    who: str
+    log: Callable[[str], None] = field(default=lambda message: print(message, file=sys.stderr, flush=True))
+
+    def _model(self, model: str) -> str:
+        if model not in MODELS:
+            raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")
+        return model
+
+    def ingest(self, model: str, checkpoint_id: str, why: str) -> Checkpoint:
+        """Registers <store>/<model>/<id> as a candidate and records its evaluation, if not done yet."""
+        from training.provenance import read_provenance
+
+        path = self.settings.store / model / checkpoint_id
+        if not self.registry.exists(model, checkpoint_id):
+            if not path.is_dir():
+                raise FileNotFoundError(f"checkpoint {path} does not exist")
+            provenance = read_provenance(path)
+            if provenance.network != model:
+                raise ValueError(f"{path} is a {provenance.network} checkpoint, not {model}")
+            self.registry.register(model, checkpoint_id, str(path), asdict(provenance), self.who, why)
+        checkpoint = self.registry.get(model, checkpoint_id)
+        if checkpoint.state == "candidate":
+            evaluation = read_evaluation(Path(checkpoint.path))
+            checkpoint = self.registry.record_evaluation(model, checkpoint_id, evaluation, self.who, why)
+        return checkpoint
+
+    def _roll(self, model: str, checkpoint_id: str, serving: Path, old: int | None) -> tuple[int, list[dict]]:
+        """Adds a version serving `serving` and moves every replica to it; returns (version, reports)."""
+        repository = self.settings.model_repository
+        new = add_version(repository, model, serving, device=self.settings.device)
+        plan = RolloutPlan(model=model, old=old, new=new, checkpoint=serving,
+                           withdraw=lambda: shutil.rmtree(repository / model / str(new), ignore_errors=True),
+                           canary_timeout_s=self.settings.canary_timeout_s, load_timeout_s=self.settings.load_timeout_s)
+        try:
+            return new, rollout(self.replicas, plan, self.log)
+        except RolloutError as exc:
+            state = self.registry.get(model, checkpoint_id).state
+            self._note(model, checkpoint_id, state, f"rollout of v{new} failed: {exc}")
+            raise
+
+    def promote(self, model: str, checkpoint_id: str, why: str) -> dict:
+        model = self._model(model)
+        with self.registry.lock(model, self.settings.lock_timeout_s):
+            checkpoint = self.ingest(model, checkpoint_id, why)
+            self.registry.check_promotable(model, checkpoint_id)
+            live = self.registry.live(model)
+            serving = copy_checkpoint(Path(checkpoint.path), self.settings.serving_checkpoints / model / checkpoint_id)
+            new, replicas = self._roll(model, checkpoint_id, serving, live.version if live else None)
+            self.registry.mark_promoted(model, checkpoint_id, new, self.who, why)
+        return {"model": model, "checkpoint": checkpoint_id, "version": new,
+                "previous_version": live.version if live else None,
+                "previous_checkpoint": live.checkpoint if live else None, "replicas": replicas}
+
+    def rollback(self, model: str, why: str) -> dict:
+        model = self._model(model)
+        with self.registry.lock(model, self.settings.lock_timeout_s):
+            lineage = self.registry.serving(model)
+            if len(lineage) < 2:
+                raise RegistryError(f"{model}: nothing to roll back to (lineage {[s.checkpoint for s in lineage]})")
+            current, previous = lineage[-1], lineage[-2]
+            serving = self.settings.serving_checkpoints / model / previous.checkpoint
+            if not serving.is_dir():
+                raise FileNotFoundError(f"{model}: the served copy {serving} of {previous.checkpoint} is gone")
+            new, replicas = self._roll(model, previous.checkpoint, serving, current.version)
+            self.registry.mark_rolled_back(model, new, self.who, why)
+        return {"model": model, "checkpoint": previous.checkpoint, "version": new,
+                "rolled_back_checkpoint": current.checkpoint, "rolled_back_version": current.version,
+                "replicas": replicas}
+
+    def _note(self, model: str, checkpoint_id: str, state: str, why: str) -> None:
+        self.registry.note(model, Event(checkpoint_id, state, state, self.who, why, now_iso()))
