@@ -1,9 +1,8 @@
 """What Triton costs per call, per model: the same small call in process and through a real Triton server.
 
 speech_tokenizer: one 1 s clip; llm: a one-token generation; speech_decoder: one 10-code block (a whole
-reply). Medians of alternating calls, both paths in this run on this machine (tiny presets, CPU). Each Triton
-model is its own process with its own torch threads, so on a busy 2-core machine the in-process path,
-which shares one process with the benchmark's client, can come out slower.
+reply). Medians of alternating calls, both paths in this run on this machine (tiny presets, CPU), one torch
+thread each.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 import tritonclient.grpc as grpcclient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -54,6 +54,7 @@ def paired_medians_ms(first, second) -> tuple[float, float]:
 
 
 def main() -> None:
+    torch.set_num_threads(1)  # as each Triton instance runs (cpu_threads in config.pbtxt)
     work = Path(tempfile.mkdtemp(prefix="bench-triton-"))
     dirs = {
         "speech_tokenizer": build_tiny_speech_tokenizer_dir(work / "tokenizer"),
