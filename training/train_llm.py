@@ -1,21 +1,19 @@
 """LM trainer: next-token cross-entropy on the completion part of (prompt, completion) id sequences.
 
-Seeded, resumable (a trainer state file in the work directory), with a progress bar and the loss
-history returned for plotting.
+Seeded, resumable (a trainer state file in the work directory), with a progress bar; the loss history
+is returned for plotting (training.loop.save_loss_plot).
 """
 
 from __future__ import annotations
 
-import math
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from glmvoice.models.llm import Transformer
+from training.loop import cosine_warmup, run_steps
 
 
 @dataclass(frozen=True)
@@ -48,42 +46,27 @@ def lm_loss(model: Transformer, inputs: torch.Tensor, targets: torch.Tensor) -> 
 
 
 def train_lm(
-    model: Transformer, pairs: list[tuple[list[int], list[int]]], config: LMTrainConfig, work_dir: Path | None = None
+    model: Transformer, pairs: list[tuple[list[int], list[int]]], config: LMTrainConfig, work_dir: Path | None = None,
+    stop_at: int | None = None,
 ) -> list[float]:
-    """Trains in place; returns the loss of every step (resumed runs include the earlier steps)."""
-    rng = random.Random(config.seed)
-    torch.manual_seed(config.seed)
+    """Trains in place; returns the loss of every step (resumed runs include the earlier steps).
+    `stop_at`: end early at that step, resumable from work_dir."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0, betas=(0.9, 0.95))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: min(1.0, (s + 1) / config.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps)),
-    )
-    state_file = work_dir / "trainer_state.pt" if work_dir else None
-    losses: list[float] = []
-    start = 0
-    if state_file and state_file.exists():
-        state = torch.load(state_file, weights_only=False)  # our own file, written below
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        rng.setstate(state["rng"])
-        losses, start = state["losses"], state["step"]
-    model.train()
-    for step in tqdm(range(start, config.steps), initial=start, total=config.steps, desc="train lm", leave=False):
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_warmup(config.warmup_steps, config.steps))
+
+    def step(index, rng) -> dict[str, float]:
         inputs, targets = batch_tensors(rng.sample(pairs, min(config.batch_size, len(pairs))))
-        loss = lm_loss(model, inputs, targets)
+        device = model.output.weight.device
+        loss = lm_loss(model, inputs.to(device), targets.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         schedule.step()
-        losses.append(loss.item())
-        if state_file and ((step + 1) % config.save_every == 0 or step + 1 == config.steps):
-            state_file.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(
-                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                 "rng": rng.getstate(), "losses": losses, "step": step + 1},
-                state_file,
-            )
+        return {"lm": loss.item()}
+
+    model.train()
+    history = run_steps("train lm", step, config.steps, config.seed,
+                        {"model": model, "optimizer": optimizer, "schedule": schedule}, work_dir, config.save_every, stop_at)
     model.eval()
-    return losses
+    return history.get("lm", [])

@@ -1,7 +1,9 @@
 """A small spoken task with checkable answers: "what is three plus four?" → "three plus four is seven."
 
-Questions and answers are spoken by espeak-ng in several voices and speeds; the split is by question,
-so held-out questions are never heard in training. Deterministic: the recipe (and its hash) fixes it all.
+Questions and answers are spoken by espeak-ng in several voices and speeds. Two held-out sets: questions
+never heard in training (does the LM add, or only remember?), and the training questions in a voice never
+heard in training (does it understand new speech of its closed question set?). Deterministic: the recipe
+(and its hash) fixes it all.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ NUMBER_WORDS = "zero one two three four five six seven eight nine ten eleven twe
 class Recipe:
     max_operand: int = 9
     voices: tuple[Voice, ...] = (Voice("en-us", 150), Voice("en-us", 175), Voice("en-gb", 160))
+    held_out_voices: tuple[Voice, ...] = (Voice("en-us", 160, pitch=70),)
     held_out_fraction: float = 0.15
     seed: int = 0
 
@@ -50,12 +53,24 @@ def question_answer_pairs(recipe: Recipe) -> tuple[list[tuple[str, str]], list[t
     return [pairs[i] for i in order[held:]], [pairs[i] for i in order[:held]]
 
 
-def synthesize(pairs: list[tuple[str, str]], recipe: Recipe) -> list[Example]:
+def synthesize(pairs: list[tuple[str, str]], recipe: Recipe, voices: tuple[Voice, ...] | None = None) -> list[Example]:
+    """Each question in each voice (default: the training voices), each answer in the assistant's voice."""
     examples = []
     for question, answer in pairs:
-        for voice in recipe.voices:
+        for voice in recipe.voices if voices is None else voices:
             audio, rate = espeak(question, voice)
             # The assistant always answers in one voice: the decoder has one (zero x-vector) speaker.
             answer_audio, answer_rate = espeak(answer, recipe.voices[0])
             examples.append(Example(question, answer, voice, audio, rate, answer_audio, answer_rate))
     return examples
+
+
+def dialogue_pairs(text_tokenizer, examples: list[Example], question_codes: list[list[int]],
+                   answer_codes: dict[str, list[int]]) -> list[tuple[list[int], list[int]]]:
+    """(prompt, completion) LM ids in the streaming-thoughts template: the spoken question as the user's speech
+    turn, the answer as interleaved text and speech ids closed by `<|user|>`."""
+    from glmvoice.chat import Conversation
+    from training.data.interleave import assistant_turn
+
+    return [(Conversation(text_tokenizer).add_speech(codes), assistant_turn(text_tokenizer, ex.answer, answer_codes[ex.answer]))
+            for ex, codes in zip(examples, question_codes)]

@@ -1,0 +1,48 @@
+"""The pipeline on a minimal plan: a published-layout checkpoint with provenance, recipe and loss curve, skipped
+when up to date and retrained when the plan changes; evaluation writes metrics.json with the gate's verdict."""
+
+import dataclasses
+import json
+
+import pytest
+
+from training import pipeline
+from training.data import corpus, spoken_arithmetic
+from training.data.tts import Voice
+from training.provenance import read_metrics, read_provenance
+from training.train_tokenizer import TokenizerTrainConfig
+
+VOICE = Voice("en-us", 150)
+PLAN = pipeline.Plan(
+    corpus=corpus.Recipe(voices=(VOICE,), held_out=2, librivox=False),
+    arithmetic=spoken_arithmetic.Recipe(max_operand=2, voices=(VOICE,), held_out_fraction=0.25),
+    tokenizer=TokenizerTrainConfig(steps=3, batch_size=4, warmup_steps=1),
+)
+
+
+def test_tokenizer_checkpoint_carries_provenance_and_is_cached(tmp_path):
+    from glmvoice.runtime.tokenizer_stream import load_speech_tokenizer
+    from training.evaluate import evaluate_checkpoint
+
+    out = tmp_path / "glm-4-voice-tokenizer"
+    pipeline.train_speech_tokenizer(out, "tiny", PLAN)
+    prov = read_provenance(out)
+    assert (prov.network, prov.preset, prov.steps, prov.seed, prov.parent_checkpoint) == ("speech_tokenizer", "tiny", 3, 0, None)
+    assert prov.data_recipe_hash == PLAN.data_hash()
+    assert json.loads((out / pipeline.RECIPE_NAME).read_text())["plan"]["tokenizer"]["steps"] == 3
+    assert (out / pipeline.LOSS_PLOT).read_bytes()[:4] == b"\x89PNG"
+    tokenizer = load_speech_tokenizer(out)  # the published layout loads with the serving loader
+    assert tokenizer.config.quantize_vocab_size == 1024
+
+    pipeline.train_speech_tokenizer(out, "tiny", PLAN)
+    assert read_provenance(out).created_at == prov.created_at  # up to date: nothing retrained
+    lr_changed = dataclasses.replace(PLAN, tokenizer=dataclasses.replace(PLAN.tokenizer, lr=1e-3))
+    assert not pipeline.up_to_date("speech_tokenizer", out, "tiny", lr_changed)
+
+    result = evaluate_checkpoint("speech_tokenizer", out, plan=PLAN, out=tmp_path / "eval")
+    doc = read_metrics(out)
+    assert doc == read_metrics(tmp_path / "eval")
+    assert set(doc["metrics"]) >= {"asr_wer", "asr_wer_arithmetic", "codebook_usage"}
+    assert doc["gate"] is result["gate"] and (doc["gate"] or doc["failed"])
+    with pytest.raises(ValueError):
+        evaluate_checkpoint("llm", out, plan=PLAN)

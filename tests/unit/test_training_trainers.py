@@ -1,0 +1,81 @@
+"""The tokenizer and LM trainers on a few espeak utterances: they reduce their loss, and a run stopped and
+resumed from its work directory ends bit-identical to an uninterrupted run (hence also deterministic).
+The decoder trainer's twin test is in test_training_decoder.py."""
+
+import numpy as np
+import pytest
+import torch
+
+from training.data.corpus import Utterance
+from training.data.tts import Voice, espeak
+
+TEXTS = ("one plus two", "the cat sat", "open the window", "five and four")
+
+
+@pytest.fixture(scope="module")
+def utterances():
+    out = []
+    for text in TEXTS:
+        audio, rate = espeak(text, Voice("en-us", 220))
+        out.append(Utterance(text, audio, rate, "espeak"))
+    return out
+
+
+def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _tokenizer_run(utterances, steps, work_dir=None, stop_at=None):
+    from glmvoice.models.speech_tokenizer import SpeechTokenizerConfig, SpeechTokenizerModel
+    from glmvoice.runtime.tokenizer_stream import SpeechTokenizer
+    from training import train_tokenizer as tt
+
+    torch.manual_seed(0)
+    model = SpeechTokenizerModel(SpeechTokenizerConfig.from_name("tiny"))
+    model.init_random_weights(torch.Generator().manual_seed(0))
+    head = tt.CTCHead(tt.HeadConfig(model.config.d_model, layers=1))
+    tt.prepare_model(model, fresh=True)
+    data = tt.features(SpeechTokenizer(model), utterances)
+    config = tt.TokenizerTrainConfig(steps=steps, batch_size=4, lr=3e-3, warmup_steps=2, save_every=100)
+    history = tt.train_tokenizer(model, head, data, config, work_dir, stop_at)
+    return model, head, history
+
+
+def test_tokenizer_trainer_learns_and_resumes_exactly(utterances, tmp_path):
+    model, head, history = _tokenizer_run(utterances, 12)
+    assert np.mean(history["ctc"][-3:]) < 0.6 * np.mean(history["ctc"][:3])
+    assert history["restarted"][0] > 0  # a fresh codebook is initialised from encoder states
+    _, _, partial = _tokenizer_run(utterances, 12, tmp_path, stop_at=5)
+    assert len(partial["ctc"]) == 5
+    resumed_model, resumed_head, resumed = _tokenizer_run(utterances, 12, tmp_path)
+    assert resumed == history
+    assert _same(model, resumed_model) and _same(head, resumed_head)  # EMA buffers and codebook included
+
+
+def _lm_run(pairs, vocab, work_dir=None, stop_at=None):
+    from glmvoice.models.llm import GLMConfig, Transformer, pad_vocab
+    from training.pipeline import init_lm
+    from training.train_llm import LMTrainConfig, train_lm
+
+    model = Transformer(GLMConfig.from_name("tiny", vocab_size=pad_vocab(vocab)))
+    init_lm(model, seed=0)
+    losses = train_lm(model, pairs, LMTrainConfig(steps=8, batch_size=4, warmup_steps=2, save_every=100), work_dir, stop_at)
+    return model, losses
+
+
+def test_lm_trainer_learns_and_resumes_exactly(utterances, tiny_speech_tokenizer, tmp_path):
+    from glmvoice.models.text_tokenizer import AUDIO_BEGIN, AUDIO_END, build_tiny_tokenizer
+    from training.data.interleave import assistant_turn
+
+    text_tokenizer = build_tiny_tokenizer(tmp_path / "tok", audio_codebook_size=tiny_speech_tokenizer.config.quantize_vocab_size)
+    codes = [tiny_speech_tokenizer.tokenize(u.audio, u.sample_rate) for u in utterances]
+    # Short prompts (speech only, no system prompt) keep the test fast; the trainer does not look at the template.
+    begin, end = text_tokenizer.token_id(AUDIO_BEGIN), text_tokenizer.token_id(AUDIO_END)
+    pairs = [([begin, *text_tokenizer.audio_ids(c), end], assistant_turn(text_tokenizer, u.text, c))
+             for u, c in zip(utterances, codes)]
+    model, losses = _lm_run(pairs, text_tokenizer.vocab_size)
+    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
+    _lm_run(pairs, text_tokenizer.vocab_size, tmp_path / "work", stop_at=3)
+    resumed_model, resumed = _lm_run(pairs, text_tokenizer.vocab_size, tmp_path / "work")
+    assert resumed == losses and _same(model, resumed_model)

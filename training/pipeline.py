@@ -1,0 +1,289 @@
+"""Training one network into a checkpoint directory in its published layout, with provenance and loss curves.
+
+Used by `python -m training.tiny` (all three, in order) and by the Kubernetes Job entry point
+`training.jobs.train` (one). The tokenizer comes first: the LM's speech prompts and answers and the decoder's
+inputs are codes of a trained speech tokenizer, whose directory the other two take as an argument.
+
+A run skips its work when the directory already holds a checkpoint whose provenance matches what the run
+would make (same network, preset, data recipe hash, parent, seed and steps). The resumable trainer state
+lives beside the checkpoint (`.<name>.work/<recipe key>/`), never inside it, so the directory stays servable.
+`device` moves the networks (and every batch) to e.g. "cuda"; random draws stay on torch's CPU generator, so
+resumption is exact on CPU and follows the same draws elsewhere.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from training.data import corpus, spoken_arithmetic
+from training.data.corpus import Utterance
+from training.loop import save_loss_plot
+from training.provenance import Provenance, new_provenance, read_provenance, write_provenance
+from training.train_decoder import DecoderTrainConfig
+from training.train_llm import LMTrainConfig
+from training.train_tokenizer import TokenizerTrainConfig
+
+LOSS_PLOT = "loss.png"
+RECIPE_NAME = "data_recipe.json"  # the full plan behind data_recipe_hash, and the tokenizer the codes came from
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything that fixes a run's result: data recipes, steps, seed."""
+
+    seed: int = 0
+    corpus: corpus.Recipe = corpus.Recipe()
+    arithmetic: spoken_arithmetic.Recipe = spoken_arithmetic.Recipe()
+    tokenizer: TokenizerTrainConfig = TokenizerTrainConfig(steps=300)
+    decoder: DecoderTrainConfig = DecoderTrainConfig(flow_steps=300, hift_steps=300)
+    lm: LMTrainConfig = LMTrainConfig(steps=300, batch_size=12)
+
+    def data_hash(self) -> str:
+        return hashlib.sha256((self.corpus.hash() + self.arithmetic.hash()).encode()).hexdigest()[:16]
+
+
+PLANS = {
+    # `make tiny`: a few minutes on two CPU cores.
+    "tiny": Plan(),
+    # `make train-tiny`: trained longer, with flite voices and Mandarin speech for the tokenizer (tens of minutes).
+    "train-tiny": Plan(
+        corpus=corpus.Recipe(flite_voices=("slt", "kal"), mandarin=True),
+        tokenizer=TokenizerTrainConfig(steps=3000),
+        decoder=DecoderTrainConfig(flow_steps=3000, hift_steps=4000),
+        lm=LMTrainConfig(steps=3000),
+    ),
+}
+
+
+@dataclass
+class SpeechData:
+    english_train: list[Utterance]
+    english_held: list[Utterance]
+    arithmetic_train: list[spoken_arithmetic.Example]
+    arithmetic_held: list[spoken_arithmetic.Example]  # unseen questions
+    arithmetic_new_voice: list[spoken_arithmetic.Example]  # training questions in unseen voices
+    decoder_voice: str = field(default="")  # Utterance.source of the one voice the decoder speaks in
+
+
+@functools.lru_cache(maxsize=2)
+def speech_data(plan: Plan) -> SpeechData:
+    english_train, english_held = corpus.english_corpus(plan.corpus)
+    train_qa, held_qa = spoken_arithmetic.question_answer_pairs(plan.arithmetic)
+    voice = plan.arithmetic.voices[0]
+    if voice != plan.corpus.voices[0]:
+        raise ValueError("the corpus and the arithmetic answers must share their first voice (the decoder's)")
+    return SpeechData(english_train, english_held, spoken_arithmetic.synthesize(train_qa, plan.arithmetic),
+                      spoken_arithmetic.synthesize(held_qa, plan.arithmetic),
+                      spoken_arithmetic.synthesize(train_qa, plan.arithmetic, plan.arithmetic.held_out_voices),
+                      f"espeak:{voice.name}:{voice.words_per_minute}:{voice.pitch}")
+
+
+def unique_answers(examples: list[spoken_arithmetic.Example]) -> list[Utterance]:
+    seen: dict[str, Utterance] = {}
+    for ex in examples:
+        seen.setdefault(ex.answer, Utterance(ex.answer, ex.answer_audio, ex.answer_sample_rate, "arithmetic:answer"))
+    return list(seen.values())
+
+
+def work_dir(out: Path, expected: Provenance) -> Path:
+    """Resumable trainer state of this exact run: keyed by the recipe, so a changed plan never resumes an old state."""
+    recipe = {k: v for k, v in asdict(expected).items() if k not in ("created_at", "code_version")}
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    return out.parent / f".{out.name}.work" / key
+
+
+WEIGHTS = {"speech_tokenizer": "model.safetensors", "speech_decoder": "flow.pt", "llm": "config.json"}
+
+
+def expected_provenance(network: str, preset: str, plan: Plan, tokenizer_dir: Path | None = None,
+                        parent: str | Path | None = None) -> Provenance:
+    """The provenance a run would write (its created_at and code_version are now's)."""
+    if network == "speech_tokenizer":
+        return new_provenance(network, preset, plan.data_hash(), parent, plan.seed, plan.tokenizer.steps)
+    steps = plan.lm.steps if network == "llm" else plan.decoder.flow_steps + plan.decoder.hift_steps
+    return new_provenance(network, preset, _dependency_hash(plan, Path(tokenizer_dir)), parent, plan.seed, steps)
+
+
+def up_to_date(network: str, out: str | Path, preset: str, plan: Plan, tokenizer_dir: Path | None = None,
+               parent: str | Path | None = None) -> bool:
+    """Whether `out` already holds what this run would train (so the run can be skipped)."""
+    out = Path(out)
+    try:
+        recorded = json.loads((out / RECIPE_NAME).read_text())["plan"]
+        return (out / WEIGHTS[network]).exists() and recorded == _plan_json(plan) and read_provenance(out).same_recipe(
+            expected_provenance(network, preset, plan, tokenizer_dir, parent))
+    except (FileNotFoundError, ValueError, KeyError):
+        return False
+
+
+def _plan_json(plan: Plan) -> dict:
+    """The plan as data_recipe.json stores it (hyperparameters included: provenance alone does not name them)."""
+    return json.loads(json.dumps(asdict(plan), default=str))
+
+
+def _dependency_hash(plan: Plan, tokenizer_dir: Path) -> str:
+    """Data of the LM and decoder: the plan's recipes and the exact tokenizer weights their codes come from."""
+    weights = hashlib.sha256()
+    with open(tokenizer_dir / WEIGHTS["speech_tokenizer"], "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            weights.update(block)
+    return hashlib.sha256(f"{plan.data_hash()}:{weights.hexdigest()}".encode()).hexdigest()[:16]
+
+
+def _finish(out: Path, provenance: Provenance, history: dict[str, list[float]], title: str, plan: Plan,
+            tokenizer_dir: Path | None = None) -> Path:
+    save_loss_plot(history, out / LOSS_PLOT, title)
+    # Relative to the checkpoint, so a tree of checkpoints can move as a whole.
+    tokenizer = None if tokenizer_dir is None else os.path.relpath(tokenizer_dir.resolve(), out.resolve())
+    recipe = {"plan": _plan_json(plan), "speech_tokenizer": tokenizer}
+    (out / RECIPE_NAME).write_text(json.dumps(recipe, indent=2) + "\n")
+    write_provenance(out, provenance)
+    return out
+
+
+def train_speech_tokenizer(out: str | Path, preset: str, plan: Plan, parent: str | Path | None = None,
+                           device: str = "cpu") -> Path:
+    from glmvoice.models.speech_tokenizer import SpeechTokenizerConfig, SpeechTokenizerModel
+    from glmvoice.models.speech_tokenizer_checkpoint import load_speech_tokenizer_model, save_speech_tokenizer
+    from glmvoice.runtime.tokenizer_stream import SpeechTokenizer
+    from training import train_tokenizer as tt
+
+    out = Path(out)
+    if up_to_date("speech_tokenizer", out, preset, plan, None, parent):
+        return out
+    expected = expected_provenance("speech_tokenizer", preset, plan, None, parent)
+    torch.manual_seed(plan.seed)
+    if parent is None:
+        model = SpeechTokenizerModel(SpeechTokenizerConfig.from_name(preset))
+        model.init_random_weights(torch.Generator().manual_seed(plan.seed))
+        for module in model.modules():  # trainable layers at torch's default scale; positions and codebook as published
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv1d)):
+                module.reset_parameters()
+        head = tt.CTCHead(tt.HeadConfig(model.config.d_model))
+    else:
+        model = load_speech_tokenizer_model(parent)
+        head = tt.load_head(parent) if (Path(parent) / tt.HEAD_NAME).exists() else tt.CTCHead(tt.HeadConfig(model.config.d_model))
+    tt.prepare_model(model, fresh=parent is None)
+    data = speech_data(plan)
+    utterances = data.english_train + [Utterance(ex.question, ex.audio, ex.sample_rate, "arithmetic:question")
+                                       for ex in data.arithmetic_train] + unique_answers(data.arithmetic_train)
+    features = tt.features(SpeechTokenizer(model), utterances)
+    config = TokenizerTrainConfig(**{**asdict(plan.tokenizer), "seed": plan.seed})
+    history = tt.train_tokenizer(model.to(device), head.to(device), features, config, work_dir(out, expected))
+    save_speech_tokenizer(model, out)
+    tt.save_head(head, out)
+    return _finish(out, expected, {k: v for k, v in history.items() if k in ("ctc", "commitment")}, "speech tokenizer", plan)
+
+
+def train_speech_decoder(out: str | Path, preset: str, plan: Plan, tokenizer_dir: str | Path,
+                         parent: str | Path | None = None, device: str = "cpu") -> Path:
+    from glmvoice.models.speech_decoder import DecoderConfig, build_speech_decoder, load_speech_decoder, save_speech_decoder
+    from glmvoice.runtime.tokenizer_stream import load_speech_tokenizer
+    from training import train_decoder as td
+
+    out, tokenizer_dir = Path(out), Path(tokenizer_dir)
+    if up_to_date("speech_decoder", out, preset, plan, tokenizer_dir, parent):
+        return out
+    expected = expected_provenance("speech_decoder", preset, plan, tokenizer_dir, parent)
+    tokenizer = load_speech_tokenizer(tokenizer_dir)
+    decoder = build_speech_decoder(DecoderConfig.from_name(preset), plan.seed) if parent is None else load_speech_decoder(parent)
+    if decoder.codebook_size != tokenizer.config.quantize_vocab_size:
+        raise ValueError(f"decoder codebook {decoder.codebook_size} != tokenizer codebook {tokenizer.config.quantize_vocab_size}")
+    items = decoder_items(decoder, tokenizer, plan, held_out=False)
+    if parent is None:
+        td.init_f0_bias(decoder, items)
+    config = DecoderTrainConfig(**{**asdict(plan.decoder), "seed": plan.seed})
+    decoder.flow.to(device)
+    decoder.hift.to(device)
+    history = td.train_decoder(decoder, items, config, work_dir(out, expected))
+    save_speech_decoder(decoder, out)
+    return _finish(out, expected, history, "speech decoder", plan, tokenizer_dir)
+
+
+def recorded_tokenizer(checkpoint: str | Path) -> Path | None:
+    """The speech tokenizer a trained LM / decoder checkpoint learned its codes from (its data_recipe.json)."""
+    path = Path(checkpoint) / RECIPE_NAME
+    if not path.exists():
+        return None
+    value = json.loads(path.read_text()).get("speech_tokenizer")
+    return None if value is None else (Path(checkpoint) / value).resolve()
+
+
+def decoder_items(decoder, tokenizer, plan: Plan, held_out: bool) -> list:
+    """Decoder training (or held-out) items in its one voice: English sentences and arithmetic answers."""
+    from training.train_decoder import decoder_item
+
+    data = speech_data(plan)
+    english = data.english_held if held_out else data.english_train
+    utterances = [u for u in english if u.source == data.decoder_voice]
+    if not held_out:
+        utterances += unique_answers(data.arithmetic_train)
+    codes = tokenizer.tokenize_batch([u.audio for u in utterances], utterances[0].sample_rate) \
+        if len({u.sample_rate for u in utterances}) == 1 else [tokenizer.tokenize(u.audio, u.sample_rate) for u in utterances]
+    return [decoder_item(decoder, c, u.audio, u.sample_rate) for c, u in zip(codes, utterances)]
+
+
+def lm_pairs(text_tokenizer, speech_tokenizer, examples: list[spoken_arithmetic.Example]) -> list[tuple[list[int], list[int]]]:
+    questions = speech_tokenizer.tokenize_batch([ex.audio for ex in examples], examples[0].sample_rate)
+    answers = unique_answers(examples)
+    answer_codes = dict(zip([a.text for a in answers],
+                            speech_tokenizer.tokenize_batch([a.audio for a in answers], answers[0].sample_rate)))
+    return spoken_arithmetic.dialogue_pairs(text_tokenizer, examples, questions, answer_codes)
+
+
+def train_llm(out: str | Path, preset: str, plan: Plan, tokenizer_dir: str | Path, parent: str | Path | None = None,
+              device: str = "cpu") -> Path:
+    from glmvoice.models.llm import GLMConfig, Transformer, pad_vocab
+    from glmvoice.models.llm_checkpoint import load_llm, save_llm
+    from glmvoice.runtime.tokenizer_stream import load_speech_tokenizer
+    from training import train_llm as tl
+    from training.text_tokenizer import build_text_tokenizer
+
+    out, tokenizer_dir = Path(out), Path(tokenizer_dir)
+    if up_to_date("llm", out, preset, plan, tokenizer_dir, parent):
+        return out
+    expected = expected_provenance("llm", preset, plan, tokenizer_dir, parent)
+    speech_tokenizer = load_speech_tokenizer(tokenizer_dir)
+    codebook = speech_tokenizer.config.quantize_vocab_size
+    if parent is None:
+        if preset != "tiny":
+            raise ValueError(f"preset {preset!r} is not trained from scratch here: pass --parent (a glm-4-voice-9b directory)")
+        data = speech_data(plan)
+        texts = [ex.answer for ex in data.arithmetic_train] + [u.text for u in data.english_train]
+        text_tokenizer = build_text_tokenizer(out, texts, codebook)
+        model = Transformer(GLMConfig.from_name(preset, vocab_size=pad_vocab(text_tokenizer.vocab_size)))
+        init_lm(model, plan.seed)
+    else:
+        model, text_tokenizer = load_llm(parent, dtype=torch.float32)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("tokenizer.model", "tokenizer_config.json"):
+            shutil.copy2(Path(parent) / name, out / name)
+    if text_tokenizer.audio_codebook_size != codebook:
+        raise ValueError(f"LM has {text_tokenizer.audio_codebook_size} speech tokens, the tokenizer {codebook} codes")
+    pairs = lm_pairs(text_tokenizer, speech_tokenizer, speech_data(plan).arithmetic_train)
+    config = LMTrainConfig(**{**asdict(plan.lm), "seed": plan.seed})
+    losses = tl.train_lm(model.to(device), pairs, config, work_dir(out, expected))
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    save_llm(model, out, max_shard_bytes=total // 3 + 1, tokenizer=text_tokenizer)  # several shards, as published
+    return _finish(out, expected, {"lm": losses}, "LM", plan, tokenizer_dir)
+
+
+def init_lm(model: torch.nn.Module, seed: int, std: float = 0.02) -> None:
+    """GPT-style init: weights N(0, std), norms one."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+            elif name.endswith("bias"):
+                param.zero_()
+            else:
+                param.copy_(std * torch.randn(param.shape, generator=generator))
