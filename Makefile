@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 APT_PACKAGES := redis-server espeak-ng sox pocketsphinx-testdata flite
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: help setup protos tiny train-tiny info engines demo test test-slow test-gpu test-k8s bench bench-gpu promote rollback chart-tools kube-assets chart images clean
+.PHONY: help setup protos tiny train-tiny info engines demo up down test test-slow test-gpu test-k8s bench bench-gpu promote rollback chart-tools kube-assets chart images clean
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -52,6 +52,12 @@ engines: tiny  ## ONNX exports, then TensorRT plans into build/engines (GPU node
 
 demo: tiny  ## README's first command: a real recording through the tokenizer and the tiny LM
 	$(PY) -m services.demo --checkpoints $(CKPT)
+
+up: setup  ## Redis, Triton, orchestrator and gateway in the background (state in build/stack/stack.json)
+	$(PY) -m services.local_stack up --checkpoints $(CKPT)
+
+down:  ## stop what `make up` started
+	$(PY) -m services.local_stack down
 
 test: setup chart-tools kube-assets  ## README's second command: the test suite (slow and GPU suites excluded)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.speech_decoder",
     "tests.fixtures.servers",
     "tests.fixtures.kube",
+    "tests.fixtures.redis",
 ]

@@ -15,6 +15,7 @@ COMMANDS = {
     "tokenize": ("glmvoice.cli.tokenize", "audio files to speech token codes (JSON lines)"),
     "generate": ("glmvoice.cli.generate", "run the LM on ids, text or audio; print ids, text and speech codes"),
     "synthesize": ("glmvoice.cli.synthesize", "speech codes to a waveform with the speech decoder"),
+    "chat": ("glmvoice.cli.chat", "one spoken turn against a running orchestrator (gRPC), reply to a WAV"),
     "promote": ("glmvoice.cli.promote", "make a checkpoint the served Triton version, one replica at a time"),
     "rollback": ("glmvoice.cli.promote", "serve the previously promoted version again"),
     "jobs": ("glmvoice.cli.jobs", "submit and follow training, evaluation and promotion Jobs on Kubernetes"),

@@ -55,12 +55,12 @@ class DecoderService:
                 if audio.size:
                     results[live[sid]].append(audio)
         for sid in ending:
-            self._close(sid)
+            self.close(sid)
         return results
 
     def _accept(self, item: DecodeItem) -> None:
         if item.start:
-            self._close(item.stream_id)  # a restarted stream begins afresh
+            self.close(item.stream_id)  # a restarted stream begins afresh
             self.streams.open(item.stream_id, seed=item.seed, output_rate=item.output_rate)
         elif item.stream_id not in self.streams.states:
             raise UnknownStreamError(f"no open decoder stream {item.stream_id!r}: start it first")
@@ -68,16 +68,17 @@ class DecoderService:
         try:
             self.streams.feed(item.stream_id, item.codes)
         except ValueError:
-            self._close(item.stream_id)  # a reply with garbage codes cannot continue coherently
+            self.close(item.stream_id)  # a reply with garbage codes cannot continue coherently
             raise
 
-    def _close(self, stream_id: str) -> None:
+    def close(self, stream_id: str) -> None:
+        """Frees a stream now (e.g. a reply cut off by barge-in) instead of at its idle timeout."""
         self.streams.close(stream_id)
         self.clock.forget(stream_id)
 
     def _drop_idle(self) -> None:
         for stream_id in self.clock.expired():
-            self._close(stream_id)
+            self.close(stream_id)
 
     @property
     def open_streams(self) -> int:

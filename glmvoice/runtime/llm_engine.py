@@ -166,6 +166,11 @@ class LLMEngine:
                 **self.counters,
             }
 
+    @property
+    def alive(self) -> bool:
+        """The engine thread is running (a health check for in-process serving)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def start(self) -> "LLMEngine":
         self._running = True
         self._thread = threading.Thread(target=self._loop, name="llm-engine", daemon=True)

@@ -71,19 +71,20 @@ class TokenizerService:
             if item.end:
                 codes += stream.finalize()
         except (ValueError, AudioFormatError):
-            self._close(item.stream_id)  # a stream that got garbage cannot continue exactly
+            self.close(item.stream_id)  # a stream that got garbage cannot continue exactly
             raise
         if item.end:
-            self._close(item.stream_id)
+            self.close(item.stream_id)
         return codes
 
-    def _close(self, stream_id: str) -> None:
+    def close(self, stream_id: str) -> None:
+        """Frees a stream now (e.g. a reply cut off by barge-in) instead of at its idle timeout."""
         self.streams.close(stream_id)
         self.clock.forget(stream_id)
 
     def _drop_idle(self) -> None:
         for stream_id in self.clock.expired():
-            self._close(stream_id)
+            self.close(stream_id)
 
     @property
     def open_streams(self) -> int:

@@ -159,3 +159,22 @@ def test_bad_requests_get_an_error_and_the_server_keeps_serving(triton_server, r
         assert good.final.wait(30) and not good.errors and len(good.ids) >= 1
     finally:
         good.close()
+
+
+def test_prefix_key_reuses_a_sessions_prefill(triton_server, reference):
+    model, _ = reference
+    history = prompts(1, model.config.vocab_size)[0] * 6
+    key = np.array([b"session-prefix-test"], np.object_)
+    prefill = Stream(triton_server.grpc_url).send(history, max_new_tokens=0, prefix_key=key)
+    try:
+        assert prefill.final.wait(30) and not prefill.errors
+    finally:
+        prefill.close()
+    assert prefill.finish_reason == "prefilled" and prefill.ids == []
+    prompt = history + [5, 6, 7]
+    answer = Stream(triton_server.grpc_url).send(prompt, max_new_tokens=6, stop_ids=np.array([-1], np.int64), prefix_key=key)
+    try:
+        assert answer.final.wait(30) and not answer.errors
+    finally:
+        answer.close()
+    assert answer.ids == generate(model, prompt, 6, params=GREEDY).ids

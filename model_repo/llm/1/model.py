@@ -25,7 +25,10 @@ CANCEL_POLL_S = 0.05
 
 def _scalar(request, name):
     tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return None if tensor is None else tensor.as_numpy().reshape(-1)[0].item()
+    if tensor is None:
+        return None
+    value = tensor.as_numpy().reshape(-1)[0]
+    return value if isinstance(value, bytes) else value.item()  # TYPE_STRING arrives as plain bytes
 
 
 class TritonPythonModel:

@@ -1,0 +1,1 @@
+"""The HTTP/WebSocket gateway: a FastAPI front door that speaks gRPC VoiceChat to the orchestrator."""

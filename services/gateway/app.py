@@ -1,0 +1,258 @@
+"""HTTP front door: `POST /v1/chat` (one turn), `WebSocket /v1/realtime` (a live conversation),
+`/healthz`, `/readyz`, `/metrics`, and the OpenAPI docs at /docs.
+
+Every turn is a gRPC VoiceChat.Converse stream to the orchestrator; the caller's API key travels with it
+and the orchestrator checks it, so HTTP and gRPC share one key file and one notion of session owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from contextlib import asynccontextmanager
+from typing import Literal
+
+import grpc
+import numpy as np
+from fastapi import FastAPI, HTTPException, Query, Request, Response, WebSocket
+from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from pydantic import BaseModel, Field
+
+from glmvoice.audio import SUPPORTED_RATES, decode, encode, read_wav, resample, wav_bytes
+from glmvoice.cli.chat import config_request
+from glmvoice.telemetry import inject_trace
+from glmvoice.v1 import voice_chat_pb2 as pb
+from services.gateway.realtime import realtime_session
+from services.gateway.settings import GatewaySettings
+from services.gateway.upstream import Upstream, http_error, key_metadata
+
+CHUNK_MS = 100  # WAV uploads go upstream in 100 ms chunks (the orchestrator takes at most 1 s per chunk)
+END_REASONS = {v: k.removeprefix("TURN_END_REASON_").lower() for k, v in pb.TurnEndReason.items()}
+
+
+class ChatRequest(BaseModel):
+    """A JSON turn: base64 WAV audio or text (one of them)."""
+
+    audio: str | None = Field(None, description="base64 of a WAV file (mono or stereo PCM, any supported rate)")
+    text: str | None = Field(None, description="a typed user turn instead of audio")
+    session_id: str = Field("", description="continue this session (its id comes back in every reply)")
+    style: str = Field("", description="style instruction, e.g. 'speak slowly and cheerfully'")
+    temperature: float | None = None
+    top_p: float | None = None
+    max_new_tokens: int | None = None
+    seed: int | None = None
+    output_sample_rate: int = Field(22050, description="8000, 16000, 22050, 24000 or 48000")
+    response_format: Literal["json", "wav", "sse"] | None = Field(None, description="default: from Accept, else json")
+
+
+def _latency(turn: pb.TurnEnded) -> dict:
+    return {field.name: getattr(turn.latency, field.name) for field in pb.TurnLatency.DESCRIPTOR.fields}
+
+
+def _turn_event(turn: pb.TurnEnded) -> dict:
+    return {"reason": END_REASONS[turn.reason], "text": turn.text, "audio_seconds": turn.audio_seconds, "latency": _latency(turn)}
+
+
+def _audio_requests(samples: np.ndarray, rate: int):
+    if rate not in SUPPORTED_RATES:
+        samples, rate = resample(samples, rate, 16000), 16000
+    step = rate * CHUNK_MS // 1000
+    return rate, [pb.ConverseRequest(audio=pb.AudioChunk(data=encode(samples[i : i + step], "LINEAR16")))
+                  for i in range(0, len(samples), step)] + [pb.ConverseRequest(end_of_turn=pb.EndOfTurn())]
+
+
+def _turn_requests(body: ChatRequest) -> list[pb.ConverseRequest]:
+    if (body.audio is None) == (body.text is None):
+        raise HTTPException(400, detail="send exactly one of `audio` (base64 WAV) and `text`")
+    sampling = {"temperature": body.temperature, "top_p": body.top_p, "max_new_tokens": body.max_new_tokens, "seed": body.seed}
+    if body.text is not None:
+        config = config_request("LINEAR16", 16000, "LINEAR16", body.output_sample_rate, session_id=body.session_id,
+                                style=body.style, **sampling)
+        return [config, pb.ConverseRequest(text=pb.TextTurn(text=body.text))]
+    try:
+        samples, rate = read_wav(base64.b64decode(body.audio, validate=True))
+    except (binascii.Error, ValueError) as exc:
+        raise HTTPException(400, detail=f"`audio` must be a base64 WAV file: {exc}") from exc
+    rate, audio = _audio_requests(samples, rate)
+    config = config_request("LINEAR16", rate, "LINEAR16", body.output_sample_rate, session_id=body.session_id,
+                            style=body.style, **sampling)
+    return [config] + audio
+
+
+def _response_format(body: ChatRequest, accept: str) -> str:
+    if body.response_format:
+        return body.response_format
+    if "text/event-stream" in accept:
+        return "sse"
+    if "audio/wav" in accept or "audio/x-wav" in accept:
+        return "wav"
+    return "json"
+
+
+def create_app(settings: GatewaySettings, tracer=None) -> FastAPI:
+    registry = CollectorRegistry()
+    requests_total = Counter("glmvoice_gateway_requests", "HTTP turns by route and status", ["route", "status"], registry=registry)
+    websockets = Gauge("glmvoice_gateway_active_websockets", "Open /v1/realtime connections", registry=registry)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.upstream = Upstream(settings.orchestrator_addr)
+        yield
+        await app.state.upstream.close()
+
+    app = FastAPI(
+        title="glmvoice gateway", version="1", lifespan=lifespan,
+        description="GLM-4-Voice spoken conversation over HTTP and WebSocket. Authenticate with "
+        "`Authorization: Bearer <key>` or `X-API-Key` (the keys of the gRPC API).",
+    )
+
+    async def converse(request: Request, turn: list[pb.ConverseRequest]):
+        """-> an async iterator over the orchestrator's responses, its first one already read (so
+        authentication and validation errors become HTTP statuses before any body is sent)."""
+        # With tracing on, the turn's spans in the orchestrator join this request's trace.
+        span = tracer.start_span("gateway.chat") if tracer is not None else None
+        metadata = inject_trace(key_metadata(request.headers), span)
+        call = app.state.upstream.stub.Converse(metadata=metadata, timeout=settings.request_timeout_s)
+
+        async def write(messages):
+            try:
+                for message in messages:
+                    await call.write(message)
+                await call.done_writing()
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+                pass  # the call failed: reading it reports the status
+
+        # The config alone first: a refused call (authentication, admission) then fails on its first read,
+        # with no writes racing the server's abort.
+        try:
+            await call.write(turn[0])
+            first = await call.read()
+        except grpc.aio.AioRpcError as exc:
+            if span is not None:
+                span.end()
+            raise http_error(exc) from exc
+        except (grpc.aio.UsageError, asyncio.InvalidStateError):
+            first = await call.read()
+        writer = asyncio.create_task(write(turn[1:]))
+        if first is grpc.aio.EOF:
+            raise HTTPException(502, detail="the orchestrator closed the stream without a reply")
+
+        async def responses():
+            try:
+                yield first
+                while (response := await call.read()) is not grpc.aio.EOF:
+                    yield response
+                await writer
+            finally:
+                if span is not None:
+                    span.end()
+
+        return responses()
+
+    @app.post(
+        "/v1/chat",
+        summary="One turn: WAV or JSON in; JSON, WAV or server-sent events out",
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/json": {"schema": ChatRequest.model_json_schema()},
+            "audio/wav": {"schema": {"type": "string", "format": "binary"}},
+        }}},
+        responses={200: {"content": {"application/json": {}, "audio/wav": {}, "text/event-stream": {}}}},
+    )
+    async def chat(
+        request: Request,
+        session_id: str = Query("", description="WAV bodies: continue this session"),
+        output_sample_rate: int = Query(22050, description="WAV bodies: reply audio rate"),
+        max_new_tokens: int | None = Query(None, description="WAV bodies: reply budget in LM ids"),
+        temperature: float | None = Query(None, description="WAV bodies: sampling temperature (0: greedy)"),
+        style: str = Query("", description="WAV bodies: style instruction"),
+        response_format: Literal["json", "wav", "sse"] | None = Query(None),
+    ):
+        body_bytes = await request.body()
+        if len(body_bytes) > settings.max_body_bytes:
+            raise HTTPException(413, detail=f"body exceeds {settings.max_body_bytes} bytes")
+        content_type = request.headers.get("content-type", "").split(";")[0].strip()
+        try:
+            if content_type in ("audio/wav", "audio/x-wav", "audio/wave"):
+                body = ChatRequest(
+                    audio=base64.b64encode(body_bytes).decode(), session_id=session_id, style=style,
+                    output_sample_rate=output_sample_rate, response_format=response_format,
+                    max_new_tokens=max_new_tokens, temperature=temperature,
+                )
+            elif content_type == "application/json":
+                body = ChatRequest.model_validate_json(body_bytes)
+            else:
+                raise HTTPException(415, detail="send audio/wav or application/json")
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            raise HTTPException(400, detail=str(exc)) from exc
+        fmt = _response_format(body, request.headers.get("accept", ""))
+        try:
+            responses = await converse(request, _turn_requests(body))
+        except HTTPException as exc:
+            requests_total.labels(route="chat", status=str(exc.status_code)).inc()
+            raise
+        requests_total.labels(route="chat", status="200").inc()
+        rate = body.output_sample_rate
+        if fmt == "sse":
+            return StreamingResponse(_sse(responses), media_type="text/event-stream")
+        session, text, audio, turn = "", [], [], None
+        try:
+            async for response in responses:
+                kind = response.WhichOneof("event")
+                session = response.session_started.session_id if kind == "session_started" else session
+                text += [response.text_delta.text] if kind == "text_delta" else []
+                audio += [response.audio.data] if kind == "audio" else []
+                turn = response.turn_ended if kind == "turn_ended" else turn
+        except grpc.aio.AioRpcError as exc:
+            raise http_error(exc) from exc
+        wav = wav_bytes(decode(b"".join(audio), "LINEAR16"), rate)
+        if fmt == "wav":
+            return Response(wav, media_type="audio/wav", headers={"X-Session-Id": session})
+        return JSONResponse({
+            "session_id": session, "text": "".join(text), "sample_rate": rate,
+            "audio": base64.b64encode(wav).decode(), "turn": _turn_event(turn) if turn else None,
+        })
+
+    async def _sse(responses):
+        def event(name: str, data: dict) -> str:
+            return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+        try:
+            async for response in responses:
+                kind = response.WhichOneof("event")
+                if kind == "session_started":
+                    yield event("session_started", {"session_id": response.session_started.session_id})
+                elif kind == "text_delta":
+                    yield event("text_delta", {"text": response.text_delta.text})
+                elif kind == "audio":  # PCM16 little-endian at output_sample_rate
+                    yield event("audio", {"pcm16": base64.b64encode(response.audio.data).decode()})
+                elif kind == "turn_ended":
+                    yield event("turn_ended", _turn_event(response.turn_ended))
+        except grpc.aio.AioRpcError as exc:
+            yield event("error", {"status": http_error(exc).status_code, "message": exc.details()})
+
+    @app.websocket("/v1/realtime")
+    async def realtime(websocket: WebSocket):
+        websockets.inc()
+        try:
+            await realtime_session(websocket, app.state.upstream, key_metadata(websocket.headers, websocket.query_params))
+        finally:
+            websockets.dec()
+
+    @app.get("/healthz", summary="the process is alive")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="the orchestrator is SERVING")
+    async def readyz():
+        if await app.state.upstream.ready():
+            return {"status": "ready"}
+        raise HTTPException(503, detail=f"orchestrator at {settings.orchestrator_addr} is not serving")
+
+    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+    async def metrics():
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

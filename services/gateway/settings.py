@@ -1,0 +1,33 @@
+"""The gateway's one settings object, built in main() from flags and the environment."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    orchestrator_addr: str = ""  # host:port of the orchestrator's gRPC endpoint (ORCHESTRATOR_ADDR)
+    http_port: int = 8080
+    bind_address: str = "0.0.0.0"
+    log_level: str = "INFO"
+    otel_endpoint: str = ""
+    max_body_bytes: int = 20 * 1024 * 1024  # a 10-minute 16 kHz WAV fits
+    request_timeout_s: float = 300.0
+
+    def check(self) -> "GatewaySettings":
+        if not self.orchestrator_addr:
+            raise ValueError("ORCHESTRATOR_ADDR (--orchestrator-addr host:port) is required")
+        return self
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None, environ: dict[str, str]) -> "GatewaySettings":
+        parser = argparse.ArgumentParser(prog="python -m services.gateway", description="glmvoice HTTP gateway")
+        parser.add_argument("--orchestrator-addr", default=environ.get("ORCHESTRATOR_ADDR", ""))
+        parser.add_argument("--http-port", type=int, default=int(environ.get("HTTP_PORT", "8080")))
+        parser.add_argument("--bind-address", default=environ.get("BIND_ADDRESS", "0.0.0.0"))
+        parser.add_argument("--log-level", default=environ.get("LOG_LEVEL", "INFO"))
+        parser.add_argument("--otel-endpoint", default=environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""))
+        args = parser.parse_args(argv)
+        return cls(args.orchestrator_addr, args.http_port, args.bind_address, args.log_level, args.otel_endpoint)

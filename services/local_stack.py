@@ -1,0 +1,222 @@
+"""The whole system on one machine: Redis, Triton (the three models, one process), the orchestrator
+and the HTTP gateway.
+
+`python -m services.local_stack up --checkpoints DIR` starts them as background processes on free ports
+of 127.0.0.1 and writes their pids and addresses to build/stack/stack.json; `... down` stops them.
+services.demo and the integration tests use the same pieces in-process (RedisServer, start_triton).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from services.orchestrator.settings import CHECKPOINT_DIRS
+
+MODELS = {"speech_tokenizer": "tokenizer", "llm": "llm", "speech_decoder": "decoder"}
+STATE = Path("build/stack/stack.json")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """A redis-server process without persistence (`--save '' --appendonly no`); `addr` is host:port."""
+
+    def __init__(self, directory: Path, port: int | None = None):
+        self.directory = Path(directory)
+        self.port = port or free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed: run `make setup` (Debian package redis-server)")
+        return [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
+                "--dir", str(self.directory)]
+
+    def start(self, timeout_s: float = 10.0, detach: bool = False) -> "RedisServer":
+        self.directory.mkdir(parents=True, exist_ok=True)
+        log = open(self.directory / "redis.log", "ab")
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=detach)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}; see {self.directory / 'redis.log'}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout_s} s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def ensure_checkpoints(directory: Path) -> list[str]:
+    """Builds random tiny checkpoints for the networks DIR lacks; returns the ones it built."""
+    import torch
+
+    from glmvoice.models.llm_checkpoint import write_tiny_checkpoint
+    from glmvoice.models.speech_decoder import DecoderConfig, build_speech_decoder, save_speech_decoder
+    from glmvoice.models.speech_tokenizer import SpeechTokenizerConfig, SpeechTokenizerModel
+    from glmvoice.models.speech_tokenizer_checkpoint import save_speech_tokenizer
+
+    def tokenizer(path):
+        model = SpeechTokenizerModel(SpeechTokenizerConfig.from_name("tiny"))
+        model.init_random_weights(torch.Generator().manual_seed(1234))
+        save_speech_tokenizer(model, path)
+
+    builders = {
+        "tokenizer": tokenizer,
+        "llm": lambda path: write_tiny_checkpoint(path, seed=1234),
+        "decoder": lambda path: save_speech_decoder(build_speech_decoder(DecoderConfig.from_name("tiny"), seed=4321), path),
+    }
+    built = []
+    for network, name in CHECKPOINT_DIRS.items():
+        path = directory / name
+        if not path.is_dir() or not any(path.iterdir()):
+            path.mkdir(parents=True, exist_ok=True)
+            builders[network](path)
+            built.append(name)
+    return built
+
+
+def build_model_repository(checkpoints: Path, repository: Path) -> Path:
+    from services.triton.repository import build_repository
+
+    if repository.exists():
+        shutil.rmtree(repository)
+    dirs = {model: (checkpoints / CHECKPOINT_DIRS[network]).resolve() for model, network in MODELS.items()}
+    return build_repository(repository, dirs, device="auto")
+
+
+def start_triton(repository: Path, log_path: Path, timeout_s: float = 300.0):
+    from services.triton.launcher import TritonServer, TritonSettings
+
+    settings = TritonSettings(
+        model_repository=repository, models=tuple(MODELS), grpc_port=free_port(), http_port=free_port(),
+        metrics_port=free_port(),
+    )
+    return TritonServer(settings, log_path=log_path).start(ready_timeout_s=timeout_s)
+
+
+def orchestrator_env(redis_addr: str, triton_addr: str, checkpoints: Path, grpc_port: int, metrics_port: int) -> dict:
+    return {
+        "BACKEND": "triton", "REDIS_ADDR": redis_addr, "TRITON_SPEECH_TOKENIZER_ADDR": triton_addr,
+        "TRITON_LLM_ADDR": triton_addr, "TRITON_SPEECH_DECODER_ADDR": triton_addr,
+        "CHECKPOINTS": str(checkpoints.resolve()), "GRPC_PORT": str(grpc_port), "METRICS_PORT": str(metrics_port),
+    }
+
+
+def wait_for_health(addr: str, timeout_s: float) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(addr) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise RuntimeError(f"orchestrator at {addr} not SERVING after {timeout_s:.0f} s")
+
+
+def up(checkpoints: Path, workdir: Path) -> dict:
+    if STATE.exists():
+        raise RuntimeError(f"{STATE} exists: a stack is up (run `make down` first)")
+    built = ensure_checkpoints(checkpoints)
+    workdir.mkdir(parents=True, exist_ok=True)
+    redis = RedisServer(workdir / "redis").start(detach=True)
+    repository = build_model_repository(checkpoints, workdir / "model_repository")
+    triton = start_triton(repository, workdir / "tritonserver.log")
+    port, metrics_port = free_port(), free_port()
+    env = {**os.environ, **orchestrator_env(redis.addr, triton.grpc_url, checkpoints, port, metrics_port)}
+    orchestrator = subprocess.Popen(
+        [sys.executable, "-m", "services.orchestrator"], env=env, start_new_session=True,
+        stdout=open(workdir / "orchestrator.log", "ab"), stderr=subprocess.STDOUT,
+    )
+    http_port = free_port()
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "services.gateway", "--orchestrator-addr", f"127.0.0.1:{port}",
+         "--http-port", str(http_port), "--bind-address", "127.0.0.1"],
+        start_new_session=True, stdout=open(workdir / "gateway.log", "ab"), stderr=subprocess.STDOUT,
+    )
+    state = {
+        "pids": {"gateway": gateway.pid, "orchestrator": orchestrator.pid, "triton": triton.process.pid,
+                 "redis": redis.process.pid},
+        "orchestrator": f"127.0.0.1:{port}", "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
+        "gateway": f"http://127.0.0.1:{http_port}",
+        "triton": triton.grpc_url, "redis": redis.addr, "built_random_checkpoints": built,
+    }
+    STATE.parent.mkdir(parents=True, exist_ok=True)
+    STATE.write_text(json.dumps(state, indent=2))
+    wait_for_health(state["orchestrator"], 120)
+    return state
+
+
+def down() -> dict:
+    if not STATE.exists():
+        return {"stopped": []}
+    state = json.loads(STATE.read_text())
+    stopped = []
+    for name, pid in state["pids"].items():  # front to back: each drains its streams before what it calls stops
+        try:
+            os.kill(pid, signal.SIGTERM)
+            stopped.append(name)
+        except ProcessLookupError:
+            continue
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+    STATE.unlink()
+    return {"stopped": stopped}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.local_stack", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    start = sub.add_parser("up", help="start Redis, Triton, the orchestrator and the gateway in the background")
+    start.add_argument("--checkpoints", type=Path, required=True)
+    start.add_argument("--workdir", type=Path, default=Path("build/stack"))
+    sub.add_parser("down", help="stop what `up` started")
+    args = parser.parse_args(argv)
+    print(json.dumps(up(args.checkpoints, args.workdir) if args.command == "up" else down(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""The three networks behind one interface, so a turn runs the same code on either backend.
+
+- `TritonBackend`: the product. tritonclient gRPC to the `speech_tokenizer`, `llm` and `speech_decoder`
+  models (model_repo/*/config.pbtxt documents their tensors).
+- `InProcessBackend`: the same runtime (TokenizerService, LLMEngine, DecoderService) in this process;
+  the baseline that measures what the distributed path costs.
+
+A backend hands out per-stream objects:
+- `TokenizerSession.push(audio_16k, end)` -> the speech codes this audio completed (all of them at end).
+- `backend.generate(...)` -> an `LMStream`: `async for token_id in stream`, `stream.finish_reason`, `cancel()`.
+  `max_new_tokens=0` only prefills and keeps the KV under `prefix_key` (the session id).
+- `DecoderSession.send(codes, end)`; `async for audio in session` yields float32 audio at the requested
+  rate, one chunk per decoded block, until the reply's end; `cancel()` drops the stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import AsyncIterator, Protocol
+
+import numpy as np
+
+from glmvoice.models.text_tokenizer import TextTokenizer
+from glmvoice.runtime.sampling import SamplingParams
+
+
+@dataclass(frozen=True)
+class LMRequest:
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    max_new_tokens: int
+    prefix_key: str
+
+
+class TokenizerSession(Protocol):
+    async def push(self, audio: np.ndarray, end: bool = False) -> list[int]: ...
+
+    async def abort(self) -> None: ...
+
+
+class LMStream(Protocol):
+    finish_reason: str | None
+
+    def __aiter__(self) -> AsyncIterator[int]: ...
+
+    async def cancel(self) -> None: ...
+
+
+class DecoderSession(Protocol):
+    async def send(self, codes: list[int], end: bool = False) -> None: ...
+
+    def __aiter__(self) -> AsyncIterator[np.ndarray]: ...
+
+    async def cancel(self) -> None: ...
+
+
+class Backend(Protocol):
+    text_tokenizer: TextTokenizer
+    input_rate: int  # the tokenizer's sample rate (16 kHz)
+    max_seq_len: int  # prompt + reply ids the LM can hold
+    decoder_block: int  # speech codes per decoded audio chunk (the first audio needs this many)
+
+    async def start(self) -> None: ...
+
+    async def ready(self) -> bool: ...
+
+    # `headers` (W3C trace context) go with every request of the stream, so the model's spans join the turn's trace.
+    def open_tokenizer(self, headers: dict[str, str] | None = None) -> TokenizerSession: ...
+
+    def generate(self, request: LMRequest, headers: dict[str, str] | None = None) -> LMStream: ...
+
+    def open_decoder(self, seed: int, output_rate: int, headers: dict[str, str] | None = None) -> DecoderSession: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,324 @@
+"""One Converse stream: user audio in, turns detected, replies streamed out, history kept in Redis.
+
+Input side (`on_audio`): decode the client's codec, resample to the tokenizer's 16 kHz with a streaming
+resampler (equal to resampling the whole call), run server VAD, and feed the open user turn. A turn
+tokenizes its audio block by block while the user speaks and prefills the LM with what it has so far
+(prefill-only requests under the session id), so at end of speech only the last block is tokenized and
+only the last few ids are prefilled.
+
+Output side (`Reply`): LM ids are routed by id (glmvoice.chat.OutputRouter): text deltas to the client,
+speech codes to a decoder stream whose audio leaves, encoded as the client asked, as each block decodes.
+Barge-in (speech, a new turn, or Cancel while a reply runs) cancels the LM and decoder streams and keeps
+in the history only what the client was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+import numpy as np
+
+from glmvoice import audio as codecs
+from glmvoice.chat import OutputRouter
+from glmvoice.models.text_tokenizer import AUDIO_END
+from glmvoice.runtime.decoder_stream import StreamResampler
+from glmvoice.telemetry import record_spans, trace_headers
+from services.orchestrator import events as ev
+from services.orchestrator.backends import Backend, LMRequest
+from services.orchestrator.errors import InvalidInput, OrchestratorError
+from services.orchestrator.sessions import SessionRecord, SessionStore, TurnRecord
+from services.orchestrator.settings import Settings
+from services.orchestrator.turns import Reply, StyledConversation, UserTurn, ms
+from services.orchestrator.vad import VadModel, VadStream
+
+log = logging.getLogger("glmvoice.orchestrator")
+
+
+class ConverseSession:
+    def __init__(
+        self, backend: Backend, store: SessionStore, vad_model: VadModel | None, settings: Settings,
+        config: ev.StreamConfig, record: SessionRecord, metrics=None, tracer=None, trace_context=None,
+    ):
+        self.backend, self.store, self.settings, self.config = backend, store, settings, config
+        self.record = record
+        self.metrics, self.tracer, self.trace_context = metrics, tracer, trace_context
+        self.trace_headers = trace_headers(trace_context)
+        self.tokenizer = backend.text_tokenizer
+        self.conversation = StyledConversation(self.tokenizer, ids=list(record.ids))
+        self.out: asyncio.Queue = asyncio.Queue()
+        self.resampler = StreamResampler(config.input_audio.sample_rate, backend.input_rate)
+        self.vad = None
+        if config.server_vad:
+            self.vad = VadStream(
+                vad_model, settings.vad_threshold, settings.vad_min_speech_ms, config.vad_silence_ms,
+            )
+        self.pre_roll = np.zeros(0, np.float32)
+        self.received = 0  # 16 kHz samples received in this stream
+        self.turn: UserTurn | None = None
+        self.reply: asyncio.Task | None = None
+        self.max_chunk_bytes = (
+            config.input_audio.sample_rate * settings.max_chunk_ms // 1000 * config.input_audio.bytes_per_sample
+        )
+
+    @property
+    def replying(self) -> bool:
+        return self.reply is not None and not self.reply.done()
+
+    # ---- input ------------------------------------------------------------------------------
+    async def on_audio(self, data: bytes) -> None:
+        spec = self.config.input_audio
+        if len(data) > self.max_chunk_bytes:
+            raise InvalidInput(
+                f"audio chunk of {len(data)} bytes exceeds {self.settings.max_chunk_ms} ms "
+                f"({self.max_chunk_bytes} bytes of {spec.encoding} at {spec.sample_rate} Hz)"
+            )
+        if data[:4] == b"RIFF":
+            raise InvalidInput("audio chunks carry raw samples in the configured encoding, not a WAV file")
+        samples = codecs.decode(data, spec.encoding)
+        audio = self.resampler.push(samples)
+        start = self.received
+        self.received += len(audio)
+        if self.vad is None:
+            await self._user_audio(audio)
+            return
+        # Split the chunk where VAD decided something, so each part goes where it belongs.
+        cut = 0
+        for event in self.vad.push(audio):
+            at = min(max(event.sample - start, cut), len(audio))
+            await self._user_audio(audio[cut:at])
+            cut = at
+            if event.kind == "start":
+                await self._speech_started(event.sample)
+            else:
+                await self._speech_stopped(event.sample)
+        await self._user_audio(audio[cut:])
+
+    async def _user_audio(self, audio: np.ndarray) -> None:
+        if not len(audio):
+            return
+        if self.turn is not None:
+            self.turn.feed(audio)
+        elif self.vad is None:
+            await self._open_turn()
+            self.turn.feed(audio)
+        else:
+            keep = self.backend.input_rate * self.settings.pre_roll_ms // 1000
+            self.pre_roll = np.concatenate([self.pre_roll, audio])[-keep:]
+
+    async def _speech_started(self, sample: int) -> None:
+        self.out.put_nowait(ev.SpeechStarted(audio_ms=sample * 1000 // self.backend.input_rate))
+        await self._open_turn()
+        self.turn.feed(self.pre_roll)
+        self.pre_roll = np.zeros(0, np.float32)
+
+    async def _speech_stopped(self, sample: int) -> None:
+        self.out.put_nowait(ev.SpeechStopped(audio_ms=sample * 1000 // self.backend.input_rate))
+        await self.end_turn()
+
+    async def _open_turn(self) -> None:
+        await self.cancel_reply()  # barge-in: the user speaks over the reply
+        self.turn = UserTurn(self)
+
+    async def end_turn(self) -> None:
+        """End of the user's speech (VAD stop, EndOfTurn, or the client half-closing): answer it."""
+        turn, self.turn = self.turn, None
+        if turn is None:
+            return
+        speech_end = time.perf_counter()
+        codes, tokenize_ms = await turn.finish()
+        if not codes:
+            log.info("turn with no speech tokens ignored", extra={"session_id": self.record.session_id})
+            return
+        # A spoken turn's readable text is the style instruction it carries (the first turn's), if any.
+        user = TurnRecord(role="user", text=self._instruction(), speech_tokens=len(codes))
+        prompt = self._prompt(codes)
+        self._start_reply(prompt, user, speech_end, tokenize_ms)
+
+    async def on_text(self, text: str) -> None:
+        if not text.strip():
+            raise InvalidInput("text turn is empty")
+        if len(text) > self.settings.max_text_chars:
+            raise InvalidInput(f"text turn of {len(text)} characters exceeds {self.settings.max_text_chars}")
+        await self.cancel_reply()
+        if self.turn is not None:
+            await self.turn.abort()
+            self.turn = None
+        instruction = self._instruction()
+        prompt = self.conversation.add_text(f"{instruction}\n{text}" if instruction else text)
+        self._start_reply(prompt, TurnRecord(role="user", text=text), time.perf_counter(), 0.0)
+
+    async def on_cancel(self) -> None:
+        await self.cancel_reply()
+
+    async def close(self) -> None:
+        """The client half-closed: answer an open turn, let the reply finish, then end the stream."""
+        if self.turn is not None and (self.vad is None or self.turn.samples):
+            await self.end_turn()
+        if self.reply is not None:
+            await asyncio.gather(self.reply, return_exceptions=True)
+
+    async def abort(self) -> None:
+        """The stream failed or the client went away: stop everything without touching the history."""
+        if self.reply is not None:
+            self.reply.cancel()
+            await asyncio.gather(self.reply, return_exceptions=True)
+        if self.turn is not None:
+            await self.turn.abort()
+
+    # ---- prompts ----------------------------------------------------------------------------
+    def _instruction(self) -> str:
+        # The style instruction is said once, with the first user turn, in the user's words.
+        return self.config.style_instruction.strip() if not self.conversation.ids else ""
+
+    def _prompt(self, codes: list[int]) -> list[int]:
+        """History + this speech turn (extends the conversation)."""
+        return self.conversation.add_speech(codes, self._instruction())
+
+    async def prefill(self, codes: list[int]) -> None:
+        """Prefills history + the user's speech so far (up to, not including, `<|end_of_audio|>`)."""
+        probe = StyledConversation(self.tokenizer, ids=list(self.conversation.ids))
+        prompt = probe.add_speech(codes, self._instruction())
+        end = len(prompt) - 1 - prompt[::-1].index(self.tokenizer.token_id(AUDIO_END))
+        if end >= self.backend.max_seq_len - 1:
+            return
+        request = LMRequest(prompt[:end], self.config.sampling, 0, self.record.session_id)
+        try:
+            async for _ in self.backend.generate(request, self.trace_headers):
+                pass
+        except OrchestratorError as exc:  # prefill is an optimisation; the turn's own request reports errors
+            log.warning("prefill failed: %s", exc, extra={"session_id": self.record.session_id})
+
+    # ---- replies ----------------------------------------------------------------------------
+    def _start_reply(self, prompt: list[int], user: TurnRecord, speech_end: float, tokenize_ms: float) -> None:
+        if len(prompt) >= self.backend.max_seq_len:
+            raise InvalidInput(
+                f"the session's history is {len(prompt)} ids, the LM holds {self.backend.max_seq_len}: start a new session"
+            )
+        self.reply = asyncio.create_task(self._reply(prompt, user, speech_end, tokenize_ms))
+        self.reply.add_done_callback(self._reply_done)
+
+    def _reply_done(self, task: asyncio.Task) -> None:
+        # A failed reply fails the stream: the response loop raises what it finds on the queue.
+        if not task.cancelled() and task.exception() is not None:
+            self.out.put_nowait(task.exception())
+
+    async def cancel_reply(self) -> None:
+        reply, self.reply = self.reply, None
+        if reply is not None and not reply.done():
+            reply.cancel()
+        if reply is not None:
+            await asyncio.gather(reply, return_exceptions=True)
+
+    async def _reply(self, prompt: list[int], user: TurnRecord, speech_end: float, tokenize_ms: float) -> None:
+        budget = min(self.config.max_new_tokens, self.backend.max_seq_len - len(prompt))
+        sampling = self.config.sampling
+        seed = sampling.seed if sampling.seed is not None else random.getrandbits(32)
+        state = Reply()
+        router = OutputRouter(self.tokenizer)
+        started = time.perf_counter()
+        lm = self.backend.generate(LMRequest(prompt, sampling, budget, self.record.session_id), self.trace_headers)
+        decoder = pump = None
+        try:
+            async for token in lm:
+                now = time.perf_counter()
+                state.first_token = state.first_token or now
+                routed = router.push(token)
+                if routed.text:
+                    self.out.put_nowait(ev.TextDelta(routed.text))
+                if routed.stop:
+                    break
+                state.ids.append(token)
+                if routed.speech_code is None:
+                    continue
+                state.first_speech = state.first_speech or now
+                if decoder is None:
+                    decoder = self.backend.open_decoder(seed, self.config.output_audio.sample_rate, self.trace_headers)
+                    pump = asyncio.create_task(self._pump(decoder, state))
+                state.codes_sent += 1
+                state.code_times.append(now)
+                await decoder.send([routed.speech_code])
+            tail = router.finish() if not router.stopped else ""
+            if tail:
+                self.out.put_nowait(ev.TextDelta(tail))
+            if decoder is not None:
+                await decoder.send([], end=True)
+                await pump
+            state.final_chunk_sent = True
+            reason = "completed" if lm.finish_reason == "stop" else "length"
+        except asyncio.CancelledError:
+            await lm.cancel()
+            if pump is not None:
+                pump.cancel()
+            if decoder is not None:
+                await decoder.cancel()
+            reason = "cancelled"
+        except BaseException:
+            await lm.cancel()
+            if decoder is not None:
+                await decoder.cancel()
+            raise
+        await self._commit(prompt, user, state, reason, speech_end, tokenize_ms, started)
+
+    async def _pump(self, decoder, state: Reply) -> None:
+        spec = self.config.output_audio
+        async for chunk in decoder:
+            now = time.perf_counter()
+            if state.first_audio is None:
+                block = self.backend.decoder_block
+                since = state.code_times[min(block, len(state.code_times)) - 1]
+                state.speech_decode_ms = ms(now - since)
+                state.first_audio = now
+            self.out.put_nowait(ev.AudioOut(codecs.encode(chunk, spec.encoding)))
+            state.chunks_sent += 1
+            state.samples_sent += len(chunk)
+
+    def _kept_ids(self, state: Reply) -> list[int]:
+        """Generated ids up to the first speech code whose audio the client was not sent."""
+        if state.final_chunk_sent:
+            return state.ids
+        heard = min(state.codes_sent, state.chunks_sent * self.backend.decoder_block)
+        kept, codes = [], 0
+        for token in state.ids:
+            if self.tokenizer.is_audio(token):
+                if codes == heard:
+                    break
+                codes += 1
+            kept.append(token)
+        return kept
+
+    async def _commit(self, prompt, user: TurnRecord, state: Reply, reason: str, speech_end, tokenize_ms, started) -> None:
+        kept = self._kept_ids(state)
+        self.conversation.ids = list(prompt)
+        self.conversation.add_completion(kept)
+        text = self.tokenizer.decode([t for t in kept if self.tokenizer.is_text(t)])
+        speech = sum(1 for t in kept if self.tokenizer.is_audio(t))
+        self.record.ids = list(self.conversation.ids)
+        self.record.turns += [user, TurnRecord(role="assistant", text=text, speech_tokens=speech)]
+        await self.store.save(self.record)
+        ended = time.perf_counter()
+        seconds = state.samples_sent / self.config.output_audio.sample_rate
+        latency = ev.Latency(
+            tokenize_ms=tokenize_ms,
+            prefill_ms=ms(state.first_token - started) if state.first_token else 0.0,
+            decode_to_first_speech_ms=ms(state.first_speech - state.first_token) if state.first_speech else 0.0,
+            speech_decode_ms=state.speech_decode_ms,
+            first_audio_ms=ms(state.first_audio - speech_end) if state.first_audio else 0.0,
+            real_time_factor=seconds / max(ended - started, 1e-9),
+        )
+        if self.metrics is not None:
+            self.metrics.observe_turn(latency, reason)
+        stages = {
+            "tokenize": (speech_end, speech_end + tokenize_ms / 1000),
+            "prefill": (started, state.first_token),
+            "decode_to_first_speech": (state.first_token, state.first_speech),
+            "speech_decode": (state.first_audio and state.first_audio - state.speech_decode_ms / 1000, state.first_audio),
+        }
+        record_spans(
+            self.tracer, "glmvoice.turn", {k: v for k, v in stages.items() if None not in v} | {"reply": (started, ended)},
+            {"session_id": self.record.session_id, "reason": reason, **{f"latency.{k}": v for k, v in latency.__dict__.items()}},
+            self.trace_context,
+        )
+        self.out.put_nowait(ev.TurnEnded(reason, text, seconds, latency))

@@ -1,0 +1,97 @@
+"""The pieces of one turn: the user's utterance as it is tokenized and prefilled, and the reply's bookkeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from glmvoice.chat import SPEECH_SYSTEM_PROMPT, Conversation
+from glmvoice.models.text_tokenizer import AUDIO_BEGIN, AUDIO_END
+from services.orchestrator.backends import TokenizerSession
+
+if TYPE_CHECKING:
+    from services.orchestrator.pipeline import ConverseSession
+
+
+def ms(seconds: float) -> float:
+    return seconds * 1000.0
+
+
+class StyledConversation(Conversation):
+    """A speech turn may carry a text instruction in front of the audio (style: emotion, speed, dialect),
+    as a user who types "speak slowly" and then talks would produce."""
+
+    def add_speech(self, codes, instruction: str = "") -> list[int]:
+        if not instruction:
+            return super().add_speech(codes)
+        tok = self.tokenizer
+        user = tok.encode("\n" + instruction + "\n") + [tok.token_id(AUDIO_BEGIN)] + tok.audio_ids(codes)
+        return self._turn(SPEECH_SYSTEM_PROMPT, user + [tok.token_id(AUDIO_END)])
+
+
+class UserTurn:
+    """The user's current utterance: 16 kHz audio -> tokenizer blocks -> codes, prefilling as they come.
+
+    One worker task handles the blocks in order, so the requests a turn makes do not depend on timing."""
+
+    def __init__(self, session: "ConverseSession"):
+        self.session = session
+        self.tokenizer: TokenizerSession = session.backend.open_tokenizer(session.trace_headers)
+        self.block = session.backend.input_rate * session.settings.tokenize_block_ms // 1000
+        self.pending = np.zeros(0, np.float32)
+        self.codes: list[int] = []
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.prefilled = 0  # codes covered by the last prefill
+        self.samples = 0
+        self.worker = asyncio.create_task(self._work())
+
+    def feed(self, audio: np.ndarray) -> None:
+        self.samples += len(audio)
+        self.pending = np.concatenate([self.pending, audio])
+        while len(self.pending) >= self.block:
+            self.queue.put_nowait((self.pending[: self.block], False))
+            self.pending = self.pending[self.block :]
+
+    async def finish(self) -> tuple[list[int], float]:
+        """End of speech: tokenizes the rest -> (all codes, tokenize ms after end of speech)."""
+        ended = time.perf_counter()
+        self.queue.put_nowait((self.pending, True))
+        self.pending = np.zeros(0, np.float32)
+        await self.worker
+        return self.codes, ms(time.perf_counter() - ended)
+
+    async def abort(self) -> None:
+        self.worker.cancel()
+        await asyncio.gather(self.worker, return_exceptions=True)
+        await self.tokenizer.abort()
+
+    async def _work(self) -> None:
+        while True:
+            audio, end = await self.queue.get()
+            self.codes += await self.tokenizer.push(audio, end=end)
+            if end:
+                return
+            # While a reply runs, the LM's KV under this session id belongs to it: prefill after it ends.
+            if len(self.codes) > self.prefilled and not self.session.replying:
+                self.prefilled = len(self.codes)
+                await self.session.prefill(self.codes)
+
+
+@dataclass
+class Reply:
+    """Bookkeeping of one assistant reply: what was generated, and what of it the client was sent."""
+
+    ids: list[int] = field(default_factory=list)  # generated ids (stop id excluded), in order
+    codes_sent: int = 0  # speech codes handed to the decoder
+    code_times: list[float] = field(default_factory=list)
+    chunks_sent: int = 0
+    samples_sent: int = 0
+    final_chunk_sent: bool = False
+    first_token: float | None = None
+    first_speech: float | None = None
+    first_audio: float | None = None
+    speech_decode_ms: float = 0.0
