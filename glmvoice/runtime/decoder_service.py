@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from glmvoice.runtime.idle import IdleClock, UnknownStreamError
+from glmvoice.runtime.idle import ExpiringStreams, UnknownStreamError
 from glmvoice.runtime.decoder_stream import DecoderStreams
 
 
@@ -26,10 +26,10 @@ class DecodeItem:
     output_rate: int | None = None  # None: the decoder's own rate
 
 
-class DecoderService:
+class DecoderService(ExpiringStreams):
     def __init__(self, streams: DecoderStreams, idle_timeout_s: float = 60.0):
         self.streams = streams
-        self.clock = IdleClock(idle_timeout_s)
+        super().__init__(idle_timeout_s)
 
     @property
     def sample_rate(self) -> int:
@@ -71,14 +71,8 @@ class DecoderService:
             self.close(item.stream_id)  # a reply with garbage codes cannot continue coherently
             raise
 
-    def close(self, stream_id: str) -> None:
-        """Frees a stream now (e.g. a reply cut off by barge-in) instead of at its idle timeout."""
+    def _free(self, stream_id: str) -> None:
         self.streams.close(stream_id)
-        self.clock.forget(stream_id)
-
-    def _drop_idle(self) -> None:
-        for stream_id in self.clock.expired():
-            self.close(stream_id)
 
     @property
     def open_streams(self) -> int:

@@ -27,3 +27,22 @@ class IdleClock:
     def expired(self) -> list[str]:
         now = time.monotonic()
         return [s for s, t in self.last_used.items() if now - t > self.timeout_s]
+
+
+class ExpiringStreams:
+    """Base of the serving services: a stream is freed when it ends, on request, or once idle too long."""
+
+    def __init__(self, idle_timeout_s: float):
+        self.clock = IdleClock(idle_timeout_s)
+
+    def _free(self, stream_id: str) -> None:
+        raise NotImplementedError
+
+    def close(self, stream_id: str) -> None:
+        """Frees a stream now (e.g. a reply cut off by barge-in) instead of at its idle timeout."""
+        self._free(stream_id)
+        self.clock.forget(stream_id)
+
+    def _drop_idle(self) -> None:
+        for stream_id in self.clock.expired():
+            self.close(stream_id)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from glmvoice.audio import AudioFormatError, check_waveform
-from glmvoice.runtime.idle import IdleClock, UnknownStreamError
+from glmvoice.runtime.idle import ExpiringStreams, UnknownStreamError
 from glmvoice.runtime.tokenizer_stream import SpeechTokenizer, TokenizerStreams
 
 
@@ -27,11 +27,11 @@ class TokenizeItem:
     end: bool
 
 
-class TokenizerService:
+class TokenizerService(ExpiringStreams):
     def __init__(self, tokenizer: SpeechTokenizer, idle_timeout_s: float = 60.0):
         self.tokenizer = tokenizer
         self.streams = TokenizerStreams(tokenizer)
-        self.clock = IdleClock(idle_timeout_s)
+        super().__init__(idle_timeout_s)
 
     def run(self, items: list[TokenizeItem]) -> list[list[int] | Exception]:
         self._drop_idle()
@@ -77,14 +77,8 @@ class TokenizerService:
             self.close(item.stream_id)
         return codes
 
-    def close(self, stream_id: str) -> None:
-        """Frees a stream now (e.g. a reply cut off by barge-in) instead of at its idle timeout."""
+    def _free(self, stream_id: str) -> None:
         self.streams.close(stream_id)
-        self.clock.forget(stream_id)
-
-    def _drop_idle(self) -> None:
-        for stream_id in self.clock.expired():
-            self.close(stream_id)
 
     @property
     def open_streams(self) -> int:
