@@ -111,6 +111,17 @@ def copy_checkpoint(source: Path, target: Path) -> Path:
     return target
 
 
+def point_current(serving: Path) -> Path:
+    """Makes `<serving_checkpoints>/<model>/current` name the checkpoint now served, atomically (a new
+    link renamed over the old): the orchestrator reads the LM's text tokenizer through it."""
+    current = serving.parent / "current"
+    staging = serving.parent / ".current-staging"
+    staging.unlink(missing_ok=True)
+    staging.symlink_to(serving.name)
+    staging.rename(current)
+    return current
+
+
 @dataclass
 class Promoter:
     settings: PromoterSettings
@@ -165,6 +176,7 @@ class Promoter:
             serving = copy_checkpoint(Path(checkpoint.path), self.settings.serving_checkpoints / model / checkpoint_id)
             new, replicas = self._roll(model, checkpoint_id, serving, live.version if live else None)
             self.registry.mark_promoted(model, checkpoint_id, new, self.who, why)
+            point_current(serving)
         return {"model": model, "checkpoint": checkpoint_id, "version": new,
                 "previous_version": live.version if live else None,
                 "previous_checkpoint": live.checkpoint if live else None, "replicas": replicas}
@@ -181,6 +193,7 @@ class Promoter:
                 raise FileNotFoundError(f"{model}: the served copy {serving} of {previous.checkpoint} is gone")
             new, replicas = self._roll(model, previous.checkpoint, serving, current.version)
             self.registry.mark_rolled_back(model, new, self.who, why)
+            point_current(serving)
         return {"model": model, "checkpoint": previous.checkpoint, "version": new,
                 "rolled_back_checkpoint": current.checkpoint, "rolled_back_version": current.version,
                 "replicas": replicas}

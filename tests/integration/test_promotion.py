@@ -288,6 +288,9 @@ def test_promotion_and_rollback_under_load_lose_no_request(deployment, redis_add
         assert code == 0 and (report["checkpoint"], report["version"], report["rolled_back_version"]) == ("a", 3, 2), (report, err)
         assert live_versions() == [[3]] * replicas
         assert wait_for(served("a"))
+        # `current` names the served checkpoint: the orchestrator reads the LM's tokenizer through it.
+        current = deployment["repository"].parent / "checkpoints" / "llm" / "current"
+        assert current.resolve() == (current.parent / "a").resolve()
     finally:
         stop.set()
         for w in workers:

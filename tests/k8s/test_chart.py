@@ -139,6 +139,9 @@ def test_probe_kinds_follow_the_contract(helm):
     deployments = by_kind(docs, "Deployment")
     orch = pod_spec(deployments[f"{RELEASE}-glmvoice-orchestrator"])["containers"][0]
     assert orch["readinessProbe"]["grpc"]["port"] == 50051
+    # The orchestrator reads the served LM's tokenizer through the promoter's `current` link, read-only.
+    assert {"name": "TOKENIZER_DIR", "value": "/models/checkpoints/llm/current"} in orch["env"]
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in orch["volumeMounts"]
     gateway = pod_spec(deployments[f"{RELEASE}-glmvoice-gateway"])["containers"][0]
     assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
