@@ -80,30 +80,21 @@ class TritonPythonModel:
             return
 
         # Ids go out in responses of `chunk` ids: one response per id costs a message per stream per step,
-        # which dominates small models; the final response carries what is left.
+        # which dominates small models; the final response carries what is left. The engine thread only
+        # queues plain ids: building and sending Triton responses is the postman thread's work.
         chunk = _scalar(request, "stream_chunk_tokens") or self.default_chunk
         pending = []
-
-        def ids_tensor():
-            tensor = pb_utils.Tensor("output_ids", np.array(pending, np.int64))
-            pending.clear()
-            return tensor
 
         def on_token(token):
             pending.append(token)
             if len(pending) >= chunk:
-                self.outbox.put((sender, pb_utils.InferenceResponse([ids_tensor()]), 0))
+                self.outbox.put((sender, pending[:], None, None))
+                pending.clear()
 
         def on_finish(reason, error):
             with self.lock:
                 self.senders.pop(generation.request_id, None)
-            if error is not None:
-                self.outbox.put((sender, pb_utils.InferenceResponse(error=triton_error(pb_utils, error)), FINAL))
-            elif reason == "cancelled":
-                self.outbox.put((sender, None, FINAL))
-            else:
-                done = pb_utils.Tensor("finish_reason", np.array([reason.encode()], np.object_))
-                self.outbox.put((sender, pb_utils.InferenceResponse([ids_tensor(), done]), FINAL))
+            self.outbox.put((sender, pending[:], reason, error))
 
         # Our own id: Triton's request ids are optional and need not be unique. The engine calls on_finish
         # with its lock held, so self.lock is never held while calling into the engine.
@@ -146,13 +137,19 @@ class TritonPythonModel:
             time.sleep(CANCEL_POLL_S)
 
     def _send_responses(self):
+        """Sends queued (sender, ids, finish reason, error) items in order; a reason or an error is FINAL."""
         while (item := self.outbox.get()) is not None:
-            sender, response, flags = item
+            sender, ids, reason, error = item
             try:
-                if response is None:
-                    sender.send(flags=flags)
+                if error is not None:
+                    sender.send(pb_utils.InferenceResponse(error=triton_error(pb_utils, error)), flags=FINAL)
+                elif reason == "cancelled":
+                    sender.send(flags=FINAL)
                 else:
-                    sender.send(response, flags=flags)
+                    tensors = [pb_utils.Tensor("output_ids", np.array(ids, np.int64))]
+                    if reason is not None:
+                        tensors.append(pb_utils.Tensor("finish_reason", np.array([reason.encode()], np.object_)))
+                    sender.send(pb_utils.InferenceResponse(tensors), flags=FINAL if reason is not None else 0)
             except Exception as exc:  # a client gone mid-stream must not stop the others' responses
                 pb_utils.Logger.log_error(f"llm response not sent: {exc!r}")
 
