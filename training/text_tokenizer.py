@@ -12,19 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from glmvoice.chat import ASSISTANT_PREFIX, SPEECH_SYSTEM_PROMPT, TEXT_SYSTEM_PROMPT
-from glmvoice.models.text_tokenizer import (
-    AUDIO_BEGIN, AUDIO_END, GLM4_SPECIALS, TINY_CORPUS, TextTokenizer, audio_token_name, train_bpe, write_tokenizer,
-)
+from glmvoice.models.text_tokenizer import TextTokenizer, build_tiny_tokenizer
 
 MERGES = 800
 
 
 def build_text_tokenizer(directory: str | Path, texts: list[str], audio_codebook_size: int,
                          num_merges: int = MERGES) -> TextTokenizer:
-    corpus = [*TINY_CORPUS, *[SPEECH_SYSTEM_PROMPT, TEXT_SYSTEM_PROMPT, ASSISTANT_PREFIX] * 4, *texts]
-    ranks = train_bpe(corpus, num_merges)
-    first = len(ranks) + len(GLM4_SPECIALS)
-    extra = {AUDIO_BEGIN: first, AUDIO_END: first + 1}
-    extra |= {audio_token_name(code): first + 2 + code for code in range(audio_codebook_size)}
-    write_tokenizer(directory, ranks, extra)
-    return TextTokenizer.from_directory(directory)
+    extra = [*[SPEECH_SYSTEM_PROMPT, TEXT_SYSTEM_PROMPT, ASSISTANT_PREFIX] * 4, *texts]
+    return build_tiny_tokenizer(directory, audio_codebook_size, num_merges, extra_corpus=extra)

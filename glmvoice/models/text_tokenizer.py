@@ -14,6 +14,7 @@ import collections
 import json
 import re
 from pathlib import Path
+from typing import Sequence
 
 import regex
 import tiktoken
@@ -231,9 +232,12 @@ def write_tokenizer(directory: str | Path, ranks: dict[bytes, int], extra_specia
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
 
 
-def build_tiny_tokenizer(directory: str | Path, audio_codebook_size: int, num_merges: int = 300) -> TextTokenizer:
-    """Trains the tiny BPE, adds GLM-4's specials, the audio markers and `audio_codebook_size` speech tokens."""
-    ranks = train_bpe(TINY_CORPUS, num_merges)
+def build_tiny_tokenizer(
+    directory: str | Path, audio_codebook_size: int, num_merges: int = 300, extra_corpus: Sequence[str] = ()
+) -> TextTokenizer:
+    """Trains the tiny BPE (on TINY_CORPUS plus `extra_corpus`), adds GLM-4's specials, the audio markers
+    and `audio_codebook_size` speech tokens."""
+    ranks = train_bpe([*TINY_CORPUS, *extra_corpus], num_merges)
     first = len(ranks) + len(GLM4_SPECIALS)
     extra = {AUDIO_BEGIN: first, AUDIO_END: first + 1}
     extra |= {audio_token_name(code): first + 2 + code for code in range(audio_codebook_size)}
