@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.servers",
     "tests.fixtures.kube",
     "tests.fixtures.redis",
+    "tests.fixtures.training",
 ]

@@ -17,12 +17,7 @@ MAX_MEL_DISTANCE = 0.3
 SEAM_LIMIT = 1.1
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def codes_for(n: int, seed: int = 0) -> list[int]:

@@ -19,13 +19,7 @@ from glmvoice.models.speech_decoder import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread than fighting over busy cores; restored after each test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_published_layout_files_and_key_names(tiny_speech_decoder_dir):

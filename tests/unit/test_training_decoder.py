@@ -4,22 +4,7 @@ and a run stopped inside the HiFT part and resumed ends bit-identical to an unin
 import pytest
 import torch
 
-from training.data.corpus import Utterance
-from training.data.tts import Voice, espeak
-
-
-@pytest.fixture(scope="module")
-def utterances():
-    out = []
-    for text in ("one plus two", "the cat sat", "open the window", "five and four"):
-        audio, rate = espeak(text, Voice("en-us", 220))
-        out.append(Utterance(text, audio, rate, "espeak"))
-    return out
-
-
-def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+from tests.fixtures.training import same_weights
 
 
 def _decoder_run(items, work_dir=None, stop_at=None):
@@ -48,4 +33,4 @@ def test_decoder_trainer_learns_and_resumes_exactly(utterances, tiny_speech_toke
     _decoder_run(items, tmp_path, stop_at=9)  # stops inside the HiFT part
     resumed_decoder, resumed = _decoder_run(items, tmp_path)
     assert resumed == history
-    assert _same(decoder.flow, resumed_decoder.flow) and _same(decoder.hift, resumed_decoder.hift)
+    assert same_weights(decoder.flow, resumed_decoder.flow) and same_weights(decoder.hift, resumed_decoder.hift)

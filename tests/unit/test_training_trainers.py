@@ -6,24 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.data.corpus import Utterance
-from training.data.tts import Voice, espeak
-
-TEXTS = ("one plus two", "the cat sat", "open the window", "five and four")
-
-
-@pytest.fixture(scope="module")
-def utterances():
-    out = []
-    for text in TEXTS:
-        audio, rate = espeak(text, Voice("en-us", 220))
-        out.append(Utterance(text, audio, rate, "espeak"))
-    return out
-
-
-def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+from tests.fixtures.training import same_weights
 
 
 def _tokenizer_run(utterances, steps, work_dir=None, stop_at=None):
@@ -50,7 +33,7 @@ def test_tokenizer_trainer_learns_and_resumes_exactly(utterances, tmp_path):
     assert len(partial["ctc"]) == 5
     resumed_model, resumed_head, resumed = _tokenizer_run(utterances, 12, tmp_path)
     assert resumed == history
-    assert _same(model, resumed_model) and _same(head, resumed_head)  # EMA buffers and codebook included
+    assert same_weights(model, resumed_model) and same_weights(head, resumed_head)  # EMA buffers and codebook included
 
 
 def _lm_run(pairs, vocab, work_dir=None, stop_at=None):
@@ -78,4 +61,4 @@ def test_lm_trainer_learns_and_resumes_exactly(utterances, tiny_speech_tokenizer
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
     _lm_run(pairs, text_tokenizer.vocab_size, tmp_path / "work", stop_at=3)
     resumed_model, resumed = _lm_run(pairs, text_tokenizer.vocab_size, tmp_path / "work")
-    assert resumed == losses and _same(model, resumed_model)
+    assert resumed == losses and same_weights(model, resumed_model)
