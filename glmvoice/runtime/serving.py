@@ -66,3 +66,21 @@ def triton_error(pb_utils, exc: Exception):
     else:
         code = pb_utils.TritonError.INTERNAL
     return pb_utils.TritonError(str(exc), code)
+
+
+class RequestInputs:
+    """One Triton request's inputs as flat numpy arrays or Python scalars (absent optional inputs: default)."""
+
+    def __init__(self, pb_utils, request):
+        self._pb_utils, self._request = pb_utils, request
+
+    def array(self, name: str):
+        tensor = self._pb_utils.get_input_tensor_by_name(self._request, name)
+        return None if tensor is None else tensor.as_numpy().reshape(-1)
+
+    def scalar(self, name: str, default=None):
+        values = self.array(name)
+        if values is None:
+            return default
+        value = values[0]
+        return value if isinstance(value, bytes) else value.item()  # TYPE_STRING arrives as plain bytes

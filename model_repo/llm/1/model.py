@@ -13,7 +13,8 @@ from glmvoice.models.llm_checkpoint import load_llm
 from glmvoice.runtime.llm_engine import EngineConfig, EngineFullError, GenerationRequest, LLMEngine
 from glmvoice.runtime.sampling import OFFICIAL_SAMPLING, SamplingParams
 from glmvoice.runtime.serving import (
-    apply_cpu_threads, model_parameters, read_version, triton_device, triton_error, version_dir_from_args,
+    RequestInputs, apply_cpu_threads, model_parameters, read_version, triton_device, triton_error,
+    version_dir_from_args,
 )
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -21,14 +22,6 @@ SAMPLING_INPUTS = ("temperature", "top_p", "top_k", "repetition_penalty", "prese
 # Each poll asks the server process about every live request: often enough to free a barged-in reply's
 # slot well within one 0.8 s speech block, rarely enough not to tax the engine's own steps.
 CANCEL_POLL_S = 0.05
-
-
-def _scalar(request, name):
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        return None
-    value = tensor.as_numpy().reshape(-1)[0]
-    return value if isinstance(value, bytes) else value.item()  # TYPE_STRING arrives as plain bytes
 
 
 class TritonPythonModel:
@@ -82,7 +75,7 @@ class TritonPythonModel:
         # Ids go out in responses of `chunk` ids: one response per id costs a message per stream per step,
         # which dominates small models; the final response carries what is left. The engine thread only
         # queues plain ids: building and sending Triton responses is the postman thread's work.
-        chunk = _scalar(request, "stream_chunk_tokens") or self.default_chunk
+        chunk = RequestInputs(pb_utils, request).scalar("stream_chunk_tokens") or self.default_chunk
         pending = []
 
         def on_token(token):
@@ -109,16 +102,17 @@ class TritonPythonModel:
             sender.send(pb_utils.InferenceResponse(error=triton_error(pb_utils, exc)), flags=FINAL)
 
     def _generation_request(self, request):
-        ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy().reshape(-1)
-        sampling = {name: _scalar(request, name) for name in SAMPLING_INPUTS}
-        stop = pb_utils.get_input_tensor_by_name(request, "stop_ids")
-        key = _scalar(request, "prefix_key")
-        max_new = _scalar(request, "max_new_tokens")
+        inputs = RequestInputs(pb_utils, request)
+        ids = inputs.array("input_ids")
+        sampling = {name: inputs.scalar(name) for name in SAMPLING_INPUTS}
+        stop = inputs.array("stop_ids")
+        key = inputs.scalar("prefix_key")
+        max_new = inputs.scalar("max_new_tokens")
         return GenerationRequest(
             prompt_ids=[int(i) for i in ids],
             sampling=SamplingParams(**{**OFFICIAL_SAMPLING, **{k: v for k, v in sampling.items() if v is not None}}),
             max_new_tokens=2000 if max_new is None else int(max_new),
-            stop_ids=frozenset(int(i) for i in stop.as_numpy().reshape(-1)) if stop is not None else self.default_stop_ids,
+            stop_ids=frozenset(int(i) for i in stop) if stop is not None else self.default_stop_ids,
             prefix_key=key.decode() if isinstance(key, bytes) else key,
         )
 

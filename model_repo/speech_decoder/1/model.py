@@ -9,15 +9,11 @@ from glmvoice.models.speech_decoder import load_speech_decoder
 from glmvoice.runtime.decoder_service import DecodeItem, DecoderService
 from glmvoice.runtime.decoder_stream import DecoderStreams
 from glmvoice.runtime.serving import (
-    apply_cpu_threads, model_parameters, read_version, triton_device, triton_error, version_dir_from_args,
+    RequestInputs, apply_cpu_threads, model_parameters, read_version, triton_device, triton_error,
+    version_dir_from_args,
 )
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-
-
-def _scalar(request, name, default=None):
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return default if tensor is None else tensor.as_numpy().reshape(-1)[0].item()
 
 
 class TritonPythonModel:
@@ -30,18 +26,19 @@ class TritonPythonModel:
         streams = DecoderStreams(load_speech_decoder(spec["path"], device))
         self.service = DecoderService(streams, idle_timeout_s=idle_us / 1e6)
 
+    @staticmethod
+    def _item(inputs):
+        return DecodeItem(
+            stream_id=str(inputs.scalar("CORRID")),
+            codes=inputs.array("CODES").tolist(),
+            start=bool(inputs.scalar("START")),
+            end=bool(inputs.scalar("END")),
+            seed=int(inputs.scalar("SEED", 0)),
+            output_rate=inputs.scalar("OUTPUT_RATE"),
+        )
+
     def execute(self, requests):
-        items = [
-            DecodeItem(
-                stream_id=str(_scalar(request, "CORRID")),
-                codes=pb_utils.get_input_tensor_by_name(request, "CODES").as_numpy().reshape(-1).tolist(),
-                start=bool(_scalar(request, "START")),
-                end=bool(_scalar(request, "END")),
-                seed=int(_scalar(request, "SEED", 0)),
-                output_rate=_scalar(request, "OUTPUT_RATE"),
-            )
-            for request in requests
-        ]
+        items = [self._item(RequestInputs(pb_utils, request)) for request in requests]
         for request, item, result in zip(requests, items, self.service.run(items)):
             sender = request.get_response_sender()
             if isinstance(result, Exception):

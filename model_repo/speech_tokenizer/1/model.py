@@ -6,15 +6,11 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from glmvoice.runtime.serving import (
-    apply_cpu_threads, model_parameters, read_version, triton_device, triton_error, version_dir_from_args,
+    RequestInputs, apply_cpu_threads, model_parameters, read_version, triton_device, triton_error,
+    version_dir_from_args,
 )
 from glmvoice.runtime.tokenizer_service import TokenizeItem, TokenizerService
 from glmvoice.runtime.tokenizer_stream import load_speech_tokenizer
-
-
-def _input(request, name):
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return None if tensor is None else tensor.as_numpy()
 
 
 class TritonPythonModel:
@@ -31,14 +27,14 @@ class TritonPythonModel:
     def execute(self, requests):
         items = []
         for request in requests:
-            rate = _input(request, "SAMPLE_RATE")
+            inputs = RequestInputs(pb_utils, request)
             items.append(
                 TokenizeItem(
-                    stream_id=str(int(_input(request, "CORRID").reshape(-1)[0])),
-                    audio=_input(request, "AUDIO").reshape(-1).astype(np.float32),
-                    sample_rate=self.default_rate if rate is None else int(rate.reshape(-1)[0]),
-                    start=bool(_input(request, "START").reshape(-1)[0]),
-                    end=bool(_input(request, "END").reshape(-1)[0]),
+                    stream_id=str(inputs.scalar("CORRID")),
+                    audio=inputs.array("AUDIO").astype(np.float32),
+                    sample_rate=inputs.scalar("SAMPLE_RATE", self.default_rate),
+                    start=bool(inputs.scalar("START")),
+                    end=bool(inputs.scalar("END")),
                 )
             )
         responses = []
