@@ -84,3 +84,20 @@ class RequestInputs:
             return default
         value = values[0]
         return value if isinstance(value, bytes) else value.item()  # TYPE_STRING arrives as plain bytes
+
+
+def pbtxt_parameters(config_pbtxt: str | Path) -> dict[str, str]:
+    """A config.pbtxt's `parameters` read outside Triton, with Triton's own ModelConfig message."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = text_format.Parse(Path(config_pbtxt).read_text(), model_config_pb2.ModelConfig())
+    return {key: value.string_value for key, value in config.parameters.items()}
+
+
+def engine_config(parameters: dict[str, str]):
+    """The LM engine's settings from the `llm` model's parameters (others, e.g. cpu_threads, are ignored),
+    so Triton and the in-process backend run the engine alike."""
+    from glmvoice.runtime.llm_engine import EngineConfig
+
+    return EngineConfig(**{k: int(v) for k, v in parameters.items() if k in EngineConfig.__dataclass_fields__})

@@ -10,10 +10,10 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from glmvoice.models.llm_checkpoint import load_llm
-from glmvoice.runtime.llm_engine import EngineConfig, EngineFullError, GenerationRequest, LLMEngine
+from glmvoice.runtime.llm_engine import EngineFullError, GenerationRequest, LLMEngine
 from glmvoice.runtime.sampling import OFFICIAL_SAMPLING, SamplingParams
 from glmvoice.runtime.serving import (
-    RequestInputs, apply_cpu_threads, model_parameters, read_version, triton_device, triton_error,
+    RequestInputs, apply_cpu_threads, engine_config, model_parameters, read_version, triton_device, triton_error,
     version_dir_from_args,
 )
 
@@ -28,12 +28,12 @@ class TritonPythonModel:
     def initialize(self, args):
         spec = read_version(version_dir_from_args(args))
         device = triton_device(spec["device"], args["model_instance_kind"], args["model_instance_device_id"])
-        params = {k: int(v) for k, v in model_parameters(json.loads(args["model_config"])).items()}
-        apply_cpu_threads(device, params.pop("cpu_threads", 0))
-        self.default_chunk = params.pop("stream_chunk_tokens", 1)
+        params = model_parameters(json.loads(args["model_config"]))
+        apply_cpu_threads(device, int(params.get("cpu_threads", "0")))
+        self.default_chunk = int(params.get("stream_chunk_tokens", "1"))
         self.model, self.tokenizer = load_llm(spec["path"], device=device)
         self.default_stop_ids = frozenset(self.tokenizer.stop_ids)
-        self.engine = LLMEngine(self.model, EngineConfig(**params)).start()
+        self.engine = LLMEngine(self.model, engine_config(params)).start()
         self.senders = {}  # request id -> (request, sender) while streaming, for cancellation polling
         self.lock = threading.Lock()
         self._metrics()

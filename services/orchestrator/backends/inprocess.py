@@ -8,7 +8,7 @@ latency is what the distributed path costs. Each network runs on its own worker 
 from __future__ import annotations
 
 import asyncio
-import re
+import dataclasses
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,19 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from glmvoice.runtime.decoder_service import DecodeItem, DecoderService
-from glmvoice.runtime.llm_engine import EngineConfig, EngineFullError, GenerationRequest, LLMEngine, RequestError
+from glmvoice.runtime.llm_engine import EngineFullError, GenerationRequest, LLMEngine, RequestError
+from glmvoice.runtime.serving import engine_config, pbtxt_parameters
 from glmvoice.runtime.tokenizer_service import TokenizeItem, TokenizerService
 from services.orchestrator.backends import LMRequest
 from services.orchestrator.errors import Exhausted, InvalidInput, OrchestratorError
 
 # The engine takes the same parameters as the Triton `llm` model, read from its config.pbtxt.
 LLM_CONFIG = Path(__file__).resolve().parents[3] / "model_repo" / "llm" / "config.pbtxt"
-_PARAMETER = re.compile(r'key:\s*"(\w+)"\s*value:\s*\{\s*string_value:\s*"(\d+)"')
-
-
-def engine_config(config_pbtxt: Path = LLM_CONFIG) -> EngineConfig:
-    params = {k: int(v) for k, v in _PARAMETER.findall(config_pbtxt.read_text())}
-    return EngineConfig(**{k: v for k, v in params.items() if k in EngineConfig.__dataclass_fields__})
 
 
 def _raise_item_error(result):
@@ -162,8 +157,8 @@ class InProcessBackend:
         self.tokenizer = TokenizerService(speech_tokenizer)
         self.input_rate = speech_tokenizer.config.sampling_rate
         model, self.text_tokenizer = load_llm(llm_dir, device=self.device)
-        config = engine_config()
-        config = EngineConfig(**{**config.__dict__, "max_seq_len": min(config.max_seq_len, model.config.block_size)})
+        config = engine_config(pbtxt_parameters(LLM_CONFIG))
+        config = dataclasses.replace(config, max_seq_len=min(config.max_seq_len, model.config.block_size))
         self.max_seq_len = config.max_seq_len
         self.engine = LLMEngine(model, config).start()
         self.decoder = DecoderService(DecoderStreams(load_speech_decoder(decoder_dir, self.device)))
