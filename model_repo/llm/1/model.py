@@ -131,21 +131,43 @@ class TritonPythonModel:
             time.sleep(CANCEL_POLL_S)
 
     def _send_responses(self):
-        """Sends queued (sender, ids, finish reason, error) items in order; a reason or an error is FINAL."""
-        while (item := self.outbox.get()) is not None:
+        """Sends queued (sender, ids, finish reason, error) items, each request's in order; a reason or an
+        error is FINAL. Items that queued up while the last sends went out leave together, one response per
+        request: under load a send carries several steps' ids instead of falling further behind."""
+        while True:
+            waiting = [self.outbox.get()]
+            while not self.outbox.empty():
+                waiting.append(self.outbox.get())
+            for sender, ids, reason, error in self._merge_per_request(waiting):
+                self._send(sender, ids, reason, error)
+            if waiting[-1] is None:
+                return
+
+    @staticmethod
+    def _merge_per_request(items):
+        merged = {}  # id(sender) -> [sender, ids, reason, error], in order of first appearance
+        for item in items:
+            if item is None:
+                continue
             sender, ids, reason, error = item
-            try:
-                if error is not None:
-                    sender.send(pb_utils.InferenceResponse(error=triton_error(pb_utils, error)), flags=FINAL)
-                elif reason == "cancelled":
-                    sender.send(flags=FINAL)
-                else:
-                    tensors = [pb_utils.Tensor("output_ids", np.array(ids, np.int64))]
-                    if reason is not None:
-                        tensors.append(pb_utils.Tensor("finish_reason", np.array([reason.encode()], np.object_)))
-                    sender.send(pb_utils.InferenceResponse(tensors), flags=FINAL if reason is not None else 0)
-            except Exception as exc:  # a client gone mid-stream must not stop the others' responses
-                pb_utils.Logger.log_error(f"llm response not sent: {exc!r}")
+            entry = merged.setdefault(id(sender), [sender, [], None, None])
+            entry[1] += ids
+            entry[2], entry[3] = reason, error
+        return merged.values()
+
+    def _send(self, sender, ids, reason, error):
+        try:
+            if error is not None:
+                sender.send(pb_utils.InferenceResponse(error=triton_error(pb_utils, error)), flags=FINAL)
+            elif reason == "cancelled":
+                sender.send(flags=FINAL)
+            else:
+                tensors = [pb_utils.Tensor("output_ids", np.array(ids, np.int64))]
+                if reason is not None:
+                    tensors.append(pb_utils.Tensor("finish_reason", np.array([reason.encode()], np.object_)))
+                sender.send(pb_utils.InferenceResponse(tensors), flags=FINAL if reason is not None else 0)
+        except Exception as exc:  # a client gone mid-stream must not stop the others' responses
+            pb_utils.Logger.log_error(f"llm response not sent: {exc!r}")
 
     def finalize(self):
         self.running = False
