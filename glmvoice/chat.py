@@ -42,10 +42,13 @@ class Conversation:
         self.ids = self.ids + prompt
         return list(self.ids)
 
-    def add_speech(self, codes) -> list[int]:
-        """User turn from speech codes; returns the whole prompt (history + this turn)."""
+    def add_speech(self, codes, instruction: str = "") -> list[int]:
+        """User turn from speech codes; returns the whole prompt (history + this turn). `instruction`: a
+        text style instruction in front of the audio (emotion, speed, dialect), as a user who types
+        "speak slowly" and then talks would produce. Training's style data and serving share this form."""
         tok = self.tokenizer
-        user = tok.encode("\n") + [tok.token_id(AUDIO_BEGIN)] + tok.audio_ids(codes) + [tok.token_id(AUDIO_END)]
+        lead = tok.encode("\n" + instruction + "\n") if instruction else tok.encode("\n")
+        user = lead + [tok.token_id(AUDIO_BEGIN)] + tok.audio_ids(codes) + [tok.token_id(AUDIO_END)]
         return self._turn(SPEECH_SYSTEM_PROMPT, user)
 
     def add_text(self, text: str) -> list[int]:

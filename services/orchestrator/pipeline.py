@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from glmvoice import audio as codecs
-from glmvoice.chat import OutputRouter
+from glmvoice.chat import Conversation, OutputRouter
 from glmvoice.models.text_tokenizer import AUDIO_END
 from glmvoice.runtime.decoder_stream import StreamResampler
 from glmvoice.telemetry import record_spans, trace_headers
@@ -31,7 +31,7 @@ from services.orchestrator.backends import Backend, LMRequest
 from services.orchestrator.errors import InvalidInput, OrchestratorError
 from services.orchestrator.sessions import SessionRecord, SessionStore, TurnRecord
 from services.orchestrator.settings import Settings
-from services.orchestrator.turns import Reply, StyledConversation, UserTurn, ms
+from services.orchestrator.turns import Reply, UserTurn, ms
 from services.orchestrator.vad import VadModel, VadStream
 
 log = logging.getLogger("glmvoice.orchestrator")
@@ -47,7 +47,7 @@ class ConverseSession:
         self.metrics, self.tracer, self.trace_context = metrics, tracer, trace_context
         self.trace_headers = trace_headers(trace_context)
         self.tokenizer = backend.text_tokenizer
-        self.conversation = StyledConversation(self.tokenizer, ids=list(record.ids))
+        self.conversation = Conversation(self.tokenizer, ids=list(record.ids))
         self.out: asyncio.Queue = asyncio.Queue()
         self.resampler = StreamResampler(config.input_audio.sample_rate, backend.input_rate)
         self.vad = None
@@ -179,7 +179,7 @@ class ConverseSession:
 
     async def prefill(self, codes: list[int]) -> None:
         """Prefills history + the user's speech so far (up to, not including, `<|end_of_audio|>`)."""
-        probe = StyledConversation(self.tokenizer, ids=list(self.conversation.ids))
+        probe = Conversation(self.tokenizer, ids=list(self.conversation.ids))
         prompt = probe.add_speech(codes, self._instruction())
         end = len(prompt) - 1 - prompt[::-1].index(self.tokenizer.token_id(AUDIO_END))
         if end >= self.backend.max_seq_len - 1:

@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from glmvoice.chat import SPEECH_SYSTEM_PROMPT, Conversation
-from glmvoice.models.text_tokenizer import AUDIO_BEGIN, AUDIO_END
+
 from services.orchestrator.backends import TokenizerSession
 
 if TYPE_CHECKING:
@@ -19,18 +18,6 @@ if TYPE_CHECKING:
 
 def ms(seconds: float) -> float:
     return seconds * 1000.0
-
-
-class StyledConversation(Conversation):
-    """A speech turn may carry a text instruction in front of the audio (style: emotion, speed, dialect),
-    as a user who types "speak slowly" and then talks would produce."""
-
-    def add_speech(self, codes, instruction: str = "") -> list[int]:
-        if not instruction:
-            return super().add_speech(codes)
-        tok = self.tokenizer
-        user = tok.encode("\n" + instruction + "\n") + [tok.token_id(AUDIO_BEGIN)] + tok.audio_ids(codes)
-        return self._turn(SPEECH_SYSTEM_PROMPT, user + [tok.token_id(AUDIO_END)])
 
 
 class UserTurn:
