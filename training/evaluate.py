@@ -8,7 +8,10 @@
   with `asr`, reconstruction WER: audio -> our tokenizer -> decoder -> faster-whisper, against the text.
 - LM: held-out loss and task accuracy (the greedy answer's text equals the expected answer, normalised) on
   the training questions spoken in a voice never heard in training (understanding new speech), and the
-  same two on questions never heard in training (`*_unseen_questions`: generalising the addition).
+  same two on questions never heard in training (`*_unseen_questions`: their facts were only ever text, in
+  pre-training, so this measures text knowledge carried over to speech); style control: the same spoken
+  questions after "slow" and after "fast" instructions, speech tokens emitted slow / fast
+  (`style_rate_contrast`, against `style_rate_contrast_data`, the ratio the data teaches).
 Every run writes metrics.json (training.provenance) into the checkpoint, with the gate's verdict.
 """
 
@@ -20,8 +23,9 @@ import numpy as np
 import torch
 import yaml
 
-from training.data.corpus import MANDARIN_VOICE, normalize_text
-from training.pipeline import PLANS, Plan, decoder_items, lm_pairs, speech_data
+from training.data.corpus import MANDARIN_VOICE, Utterance, normalize_text
+from training.data import style as style_data
+from training.pipeline import PLANS, Plan, codes_of, decoder_items, lm_pairs, speech_data
 from training.provenance import read_provenance, write_metrics
 
 GATE_FILE = Path(__file__).with_name("eval_gate.yaml")
@@ -122,7 +126,32 @@ def evaluate_llm(directory: Path, plan: Plan, tokenizer_dir: Path) -> dict:
                                 "speech_tokens": sum(text_tokenizer.is_audio(i) for i in result.ids)})
         metrics |= {f"held_out_loss{name}": float(np.mean(losses)), f"task_accuracy{name}": correct / len(examples),
                     f"questions{name}": len(examples)}
-    return metrics | {"samples": samples}
+    return metrics | style_rate_metrics(model, text_tokenizer, speech_tokenizer, plan) | {"samples": samples}
+
+
+STYLE_QUESTIONS = 12
+
+
+def style_rate_metrics(model, text_tokenizer, speech_tokenizer, plan: Plan) -> dict:
+    """Speech tokens the LM emits for the same unseen-voice questions after the slow vs the fast instruction."""
+    from glmvoice.chat import Conversation
+    from glmvoice.runtime.generate import generate
+
+    styles = {style.name: style for style in plan.style.styles}
+    if not {"slow", "fast"} <= styles.keys():
+        return {}
+    data = speech_data(plan)
+    examples = data.arithmetic_new_voice[:STYLE_QUESTIONS]
+    codes = codes_of(speech_tokenizer, [Utterance(ex.question, ex.audio, ex.sample_rate, "") for ex in examples])
+    counts = {}
+    for name in ("slow", "fast"):
+        counts[name] = []
+        for question in codes:
+            prompt = Conversation(text_tokenizer).add_speech(question, styles[name].instruction)
+            result = generate(model, prompt, 400, stop_ids=text_tokenizer.stop_ids)
+            counts[name].append(sum(text_tokenizer.is_audio(i) for i in result.ids))
+    return {"style_rate_contrast": style_data.rate_contrast(counts["slow"], counts["fast"]),
+            "style_rate_contrast_data": style_data.ground_truth_rate_ratio(data.styled_train)}
 
 
 def gate(network: str, preset: str, metrics: dict, gate_file: Path = GATE_FILE) -> tuple[bool, list[str], dict]:

@@ -6,17 +6,29 @@ with t on the cosine schedule, the estimator regresses u = x1 - (1 - sigma) x0. 
 (the first 0-30 % of their own mel as `cond`, as streaming passes the previous frames), and 20 % drop every
 condition so classifier-free guidance has an unconditional model.
 
-HiFT: mel L1 (weight 45, as HiFi-GAN) + multi-resolution STFT loss (spectral convergence + log magnitude)
-+ an F0 loss on the predictor (targets from autocorrelation of the recording), on random crops. No
-adversarial loss: with the minutes of CPU a tiny run gets, the discriminators would not converge; the
-reconstruction losses are the part of HiFi-GAN's objective that trains in that budget.
+HiFT, as CosyVoice trains `HiFTGenerator` with HiFi-GAN's objective: mel L1 (weight 45) + multi-resolution
+STFT loss (spectral convergence + log magnitude) + an F0 loss on the predictor (targets from autocorrelation
+of the recording), on random crops; from HiFT step `adversarial_start` on, also least-squares adversarial and
+feature-matching (weight 2) terms against HiFi-GAN's multi-period and multi-scale discriminators
+(training.discriminators). Each of those steps updates the discriminators on its crops against the
+generator's detached audio, then the generator against the updated discriminators.
+Reconstruction only first (by default the first two thirds of the HiFT steps, like Vocos' `pretrain_mel_steps`):
+the reconstruction losses are what turns a random generator into a usable vocoder within a short CPU run's few
+hundred steps, and a discriminator only has fine structure to judge (phase, noise texture: what mel and STFT
+magnitudes leave open) once the audio is roughly right. The phase also costs: on CPU an adversarial step of
+the tiny plan takes several times a reconstruction step, so it runs where it can refine, not everywhere.
+What it buys is perceptual (HiFi-GAN's reason for it), not lower mel L1: on the tiny plan the vocoder's
+held-out mel L1 stays where reconstruction alone leaves it.
+The discriminators live in the trainer state (the work directory) only: hift.pt holds the generator.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -24,6 +36,8 @@ import torch.nn.functional as F
 
 from glmvoice.audio import mel_filter_bank, resample
 from glmvoice.models.speech_decoder import SpeechDecoder
+from training.discriminators import (DiscriminatorConfig, DiscriminatorOutput, HiFTDiscriminator, discriminator_loss,
+                                     feature_matching_loss, generator_adversarial_loss)
 from training.loop import cosine_warmup, run_steps
 
 MEL_N_FFT, MEL_F_MAX = 1024, 8000.0  # CosyVoice's feature extractor (the rate and hop come from the config)
@@ -93,8 +107,19 @@ class DecoderTrainConfig:
     prompt_probability: float = 0.5
     hift_frames: int = 32  # mel frames per vocoder crop
     mel_weight: float = 45.0
+    # HiFT step from which the adversarial and feature-matching terms are on; None: the last third of
+    # hift_steps, whatever the plan's length (the module docstring says why not from the start).
+    adversarial_start: int | None = None
+    adversarial_weight: float = 1.0
+    feature_matching_weight: float = 2.0  # HiFi-GAN's
+    discriminator_lr: float = 2e-3  # the generator's, as HiFi-GAN trains both at one rate
+    discriminator: str = "tiny"  # training.discriminators size; "full" (HiFi-GAN's channels) for a full-size HiFT
     seed: int = 0
     save_every: int = 100
+
+    @property
+    def adversarial_from(self) -> int:
+        return self.hift_steps - self.hift_steps // 3 if self.adversarial_start is None else self.adversarial_start
 
 
 def _pad_stack(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -146,9 +171,13 @@ def stft_loss(generated: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return total / len(STFT_RESOLUTIONS)
 
 
-def hift_losses(decoder: SpeechDecoder, items: list[DecoderItem], config: DecoderTrainConfig) -> dict[str, torch.Tensor]:
-    hift, cfg = decoder.hift, decoder.config.hift
-    hop = cfg.samples_per_frame
+HIFT_BETAS = (0.8, 0.99)  # HiFi-GAN's, for the generator and the discriminators
+
+
+def hift_crops(items: list[DecoderItem], config: DecoderTrainConfig,
+               hop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random crops of `hift_frames` frames, zero-padded when an item is shorter: mel [B, 80, F], audio
+    [B, F hop], F0 [B, F]."""
     mels, waves, f0s = [], [], []
     for item in items:
         frames = min(config.hift_frames, item.mel.shape[-1])
@@ -156,40 +185,123 @@ def hift_losses(decoder: SpeechDecoder, items: list[DecoderItem], config: Decode
         mels.append(F.pad(item.mel[:, start: start + frames], (0, config.hift_frames - frames)))
         waves.append(F.pad(item.audio[start * hop: (start + frames) * hop], (0, (config.hift_frames - frames) * hop)))
         f0s.append(F.pad(item.f0[start: start + frames], (0, config.hift_frames - frames)))
-    device = hift.conv_pre.weight.device
-    mel, wave, f0_target = (torch.stack(x).to(device) for x in (mels, waves, f0s))
-    b, h = mel.shape[0], cfg.nb_harmonics + 1
-    lens = torch.full((b,), config.hift_frames, device=device)
+    return torch.stack(mels), torch.stack(waves), torch.stack(f0s)
+
+
+def hift_generate(decoder: SpeechDecoder, mel: torch.Tensor) -> torch.Tensor:
+    """HiFT's audio [B, F hop] for mel crops [B, 80, F], with fresh random source phases and noise."""
+    hift, cfg = decoder.hift, decoder.config.hift
+    b, h, frames = mel.shape[0], cfg.nb_harmonics + 1, mel.shape[-1]
+    device = mel.device
     rand_phase = (torch.rand(b, h) * 2 - 1) * math.pi
     rand_phase[:, 0] = 0.0
-    noise = torch.randn(b, h, config.hift_frames * hop)
+    noise = torch.randn(b, h, frames * cfg.samples_per_frame)
+    lens = torch.full((b,), frames, device=device)
     audio, _ = hift(mel, lens, torch.zeros(b, h, device=device), rand_phase.to(device), noise.to(device))
+    return audio
+
+
+def reconstruction_losses(decoder: SpeechDecoder, mel: torch.Tensor, wave: torch.Tensor, f0_target: torch.Tensor,
+                          audio: torch.Tensor, config: DecoderTrainConfig) -> dict[str, torch.Tensor]:
+    """Weighted mel L1, multi-resolution STFT and F0 losses of generated `audio` against the crop it came from."""
+    cfg = decoder.config.hift
+    hop = cfg.samples_per_frame
     mel_gen = decoder_mel(audio, cfg.sampling_rate, hop, mel.shape[1])
-    m = torch.ones(b, 1, config.hift_frames, device=device)
-    f0 = hift.f0_predictor(mel, m)
-    return {"mel_l1": F.l1_loss(mel_gen, decoder_mel(wave, cfg.sampling_rate, hop, mel.shape[1])),
+    f0 = decoder.hift.f0_predictor(mel, torch.ones(mel.shape[0], 1, mel.shape[-1], device=mel.device))
+    return {"mel_l1": config.mel_weight * F.l1_loss(mel_gen, decoder_mel(wave, cfg.sampling_rate, hop, mel.shape[1])),
             "stft": stft_loss(audio, wave), "f0": F.l1_loss(f0, f0_target) / 100.0}
 
 
-def _train_part(name, module, loss_fn, steps, lr, betas, config, work_dir, stop_at) -> dict[str, list[float]]:
-    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, betas=betas, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_warmup(config.warmup_steps, steps))
+def judge(discriminator: HiFTDiscriminator, real: torch.Tensor,
+          generated: torch.Tensor) -> tuple[DiscriminatorOutput, DiscriminatorOutput]:
+    """The discriminators' outputs for real and generated audio, from one pass over both: nothing in them mixes
+    the items of a batch, and on CPU one pass costs less than two."""
+    logits, features = discriminator(torch.cat([real, generated]))
+    b = real.shape[0]
+    return (([x[:b] for x in logits], [[f[:b] for f in maps] for maps in features]),
+            ([x[b:] for x in logits], [[f[b:] for f in maps] for maps in features]))
 
-    def step(index, rng) -> dict[str, float]:
-        losses = loss_fn(rng)
-        total = sum(losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
-        optimizer.step()
-        schedule.step()
-        return {k: v.item() for k, v in losses.items()}
 
+def generator_adversarial_terms(discriminator: HiFTDiscriminator, wave: torch.Tensor, audio: torch.Tensor,
+                                config: DecoderTrainConfig) -> dict[str, torch.Tensor]:
+    """Weighted least-squares adversarial and feature-matching losses of generated `audio`."""
+    discriminator.requires_grad_(False)  # the generator's step: no gradients for the discriminators' weights
+    (_, real_features), (generated_logits, generated_features) = judge(discriminator, wave, audio)
+    discriminator.requires_grad_(True)
+    return {"hift_adv": config.adversarial_weight * generator_adversarial_loss(generated_logits),
+            "hift_fm": config.feature_matching_weight * feature_matching_loss(real_features, generated_features)}
+
+
+def _optimizer_step(module: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LambdaLR,
+                    loss: torch.Tensor, grad_clip: float) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+    optimizer.step()
+    schedule.step()
+
+
+def _run_part(name: str, module: torch.nn.Module, step: Callable[[int, random.Random], dict[str, float]], steps: int,
+              stateful: dict[str, object], config: DecoderTrainConfig, work_dir: Path | None,
+              stop_at: int | None) -> dict[str, list[float]]:
     module.train()
-    history = run_steps(f"train {name}", step, steps, config.seed, {"model": module, "optimizer": optimizer,
-                        "schedule": schedule}, None if work_dir is None else Path(work_dir) / name, config.save_every, stop_at)
+    history = run_steps(f"train {name}", step, steps, config.seed, stateful,
+                        None if work_dir is None else Path(work_dir) / name, config.save_every, stop_at)
     module.eval()
     return history
+
+
+def _train_flow(decoder: SpeechDecoder, items: list[DecoderItem], batch: int, config: DecoderTrainConfig,
+                work_dir: Path | None, stop_at: int | None) -> dict[str, list[float]]:
+    optimizer = torch.optim.AdamW(decoder.flow.parameters(), lr=config.flow_lr, betas=(0.9, 0.98), weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_warmup(config.warmup_steps, config.flow_steps))
+
+    def step(index: int, rng: random.Random) -> dict[str, float]:
+        loss = flow_loss(decoder, rng.sample(items, batch), config)
+        _optimizer_step(decoder.flow, optimizer, schedule, loss, config.grad_clip)
+        return {"flow_matching": loss.item()}
+
+    stateful = {"model": decoder.flow, "optimizer": optimizer, "schedule": schedule}
+    return _run_part("flow", decoder.flow, step, config.flow_steps, stateful, config, work_dir, stop_at)
+
+
+def new_discriminator(config: DecoderTrainConfig) -> HiFTDiscriminator:
+    """Initialised from the run's seed on a forked generator: the same weights whatever ran before."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return HiFTDiscriminator(DiscriminatorConfig.from_name(config.discriminator))
+
+
+def _train_hift(decoder: SpeechDecoder, items: list[DecoderItem], batch: int, config: DecoderTrainConfig,
+                work_dir: Path | None, stop_at: int | None) -> dict[str, list[float]]:
+    hift = decoder.hift
+    device = hift.conv_pre.weight.device
+    optimizer = torch.optim.AdamW(hift.parameters(), lr=config.hift_lr, betas=HIFT_BETAS, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_warmup(config.warmup_steps, config.hift_steps))
+    discriminator = new_discriminator(config).to(device)
+    d_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=config.discriminator_lr, betas=HIFT_BETAS, weight_decay=0.0)
+    # Spans the adversarial phase only: warm-up from its first step, zero at the end with the generator's.
+    d_schedule = torch.optim.lr_scheduler.LambdaLR(
+        d_optimizer, cosine_warmup(config.warmup_steps, config.hift_steps - config.adversarial_from))
+
+    def step(index: int, rng: random.Random) -> dict[str, float]:
+        crops = hift_crops(rng.sample(items, batch), config, decoder.config.hift.samples_per_frame)
+        mel, wave, f0 = (x.to(device) for x in crops)
+        audio = hift_generate(decoder, mel)
+        losses = reconstruction_losses(decoder, mel, wave, f0, audio, config)
+        logged: dict[str, float] = {}
+        if index >= config.adversarial_from:
+            (real_logits, _), (generated_logits, _) = judge(discriminator, wave, audio.detach())
+            d_loss = discriminator_loss(real_logits, generated_logits)
+            _optimizer_step(discriminator, d_optimizer, d_schedule, d_loss, config.grad_clip)
+            logged["hift_disc"] = d_loss.item()
+            losses |= generator_adversarial_terms(discriminator, wave, audio, config)
+        _optimizer_step(hift, optimizer, schedule, sum(losses.values()), config.grad_clip)
+        return {**{k: v.item() for k, v in losses.items()}, **logged}
+
+    stateful = {"model": hift, "optimizer": optimizer, "schedule": schedule, "discriminator": discriminator,
+                "discriminator_optimizer": d_optimizer, "discriminator_schedule": d_schedule}
+    return _run_part("hift", hift, step, config.hift_steps, stateful, config, work_dir, stop_at)
 
 
 def train_decoder(decoder: SpeechDecoder, items: list[DecoderItem], config: DecoderTrainConfig,
@@ -197,16 +309,11 @@ def train_decoder(decoder: SpeechDecoder, items: list[DecoderItem], config: Deco
     """Trains the flow, then HiFT (independent: HiFT learns from recorded mels). Returns both histories.
     `stop_at` counts flow steps then HiFT steps: end early there, resumable from work_dir."""
     batch = min(config.batch_size, len(items))
-    flow_history = _train_part(
-        "flow", decoder.flow, lambda rng: {"flow_matching": flow_loss(decoder, rng.sample(items, batch), config)},
-        config.flow_steps, config.flow_lr, (0.9, 0.98), config, work_dir, stop_at)
+    flow_history = _train_flow(decoder, items, batch, config, work_dir, stop_at)
     if stop_at is not None and stop_at <= config.flow_steps:
         return flow_history
-    hift_history = _train_part(
-        "hift", decoder.hift, lambda rng: {k: (config.mel_weight if k == "mel_l1" else 1.0) * v
-                                           for k, v in hift_losses(decoder, rng.sample(items, batch), config).items()},
-        config.hift_steps, config.hift_lr, (0.8, 0.99), config, work_dir,
-        None if stop_at is None else stop_at - config.flow_steps)
+    hift_history = _train_hift(decoder, items, batch, config, work_dir,
+                               None if stop_at is None else stop_at - config.flow_steps)
     return {**flow_history, **hift_history}
 
 

@@ -1,4 +1,5 @@
 """LM trainer: next-token cross-entropy on the completion part of (prompt, completion) id sequences.
+Pre-training learns whole sequences: a sequence is the pair (its first id, the rest).
 
 Seeded, resumable (a trainer state file in the work directory), with a progress bar; the loss history
 is returned for plotting (training.loop.save_loss_plot).
@@ -40,6 +41,11 @@ def batch_tensors(pairs: list[tuple[list[int], list[int]]]) -> tuple[torch.Tenso
     return inputs, targets
 
 
+def whole_sequences(sequences: list[list[int]]) -> list[tuple[list[int], list[int]]]:
+    """Pre-training pairs: every id but the first is a target."""
+    return [(seq[:1], seq[1:]) for seq in sequences if len(seq) > 1]
+
+
 def lm_loss(model: Transformer, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     logits = model(inputs)  # [B, T, V], causal, no KV cache
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
@@ -47,7 +53,7 @@ def lm_loss(model: Transformer, inputs: torch.Tensor, targets: torch.Tensor) -> 
 
 def train_lm(
     model: Transformer, pairs: list[tuple[list[int], list[int]]], config: LMTrainConfig, work_dir: Path | None = None,
-    stop_at: int | None = None,
+    stop_at: int | None = None, desc: str = "train lm",
 ) -> list[float]:
     """Trains in place; returns the loss of every step (resumed runs include the earlier steps).
     `stop_at`: end early at that step, resumable from work_dir."""
@@ -66,7 +72,7 @@ def train_lm(
         return {"lm": loss.item()}
 
     model.train()
-    history = run_steps("train lm", step, config.steps, config.seed,
+    history = run_steps(desc, step, config.steps, config.seed,
                         {"model": model, "optimizer": optimizer, "schedule": schedule}, work_dir, config.save_every, stop_at)
     model.eval()
     return history.get("lm", [])

@@ -10,6 +10,7 @@ from training import pipeline
 from training.data import corpus, spoken_arithmetic
 from training.data.tts import Voice
 from training.provenance import read_metrics, read_provenance
+from training.train_llm import LMTrainConfig
 from training.train_tokenizer import TokenizerTrainConfig
 
 VOICE = Voice("en-us", 150)
@@ -17,6 +18,9 @@ PLAN = pipeline.Plan(
     corpus=corpus.Recipe(voices=(VOICE,), held_out=2, librivox=False),
     arithmetic=spoken_arithmetic.Recipe(max_operand=2, voices=(VOICE,), held_out_fraction=0.25),
     tokenizer=TokenizerTrainConfig(steps=3, batch_size=4, warmup_steps=1),
+    lm_pretrain=LMTrainConfig(steps=2, batch_size=4, warmup_steps=1),
+    lm_pretrain_documents=6,
+    lm=LMTrainConfig(steps=3, batch_size=4, warmup_steps=1),
 )
 
 
@@ -46,3 +50,22 @@ def test_tokenizer_checkpoint_carries_provenance_and_is_cached(tmp_path):
     assert doc["gate"] is result["gate"] and (doc["gate"] or doc["failed"])
     with pytest.raises(ValueError):
         evaluate_checkpoint("llm", out, plan=PLAN)
+
+
+def test_lm_is_pretrained_on_interleaved_data_then_fine_tuned(tmp_path):
+    from glmvoice.models.llm_checkpoint import load_llm
+    from glmvoice.runtime.tokenizer_stream import load_speech_tokenizer
+
+    tokenizer_dir = pipeline.train_speech_tokenizer(tmp_path / "tokenizer", "tiny", PLAN)
+    out = pipeline.train_llm(tmp_path / "llm", "tiny", PLAN, tokenizer_dir)
+    assert read_provenance(out).steps == 2 + 3  # both stages
+    _, text_tokenizer = load_llm(out)
+    corpus = pipeline.pretraining_corpus(text_tokenizer, load_speech_tokenizer(tokenizer_dir), PLAN)
+    texts = [text_tokenizer.decode(ids) for ids in corpus]
+    train, held = spoken_arithmetic.question_answer_pairs(PLAN.arithmetic)
+    # Held-out questions' facts are in the text corpus; their speech is not.
+    assert all(answer in texts for _, answer in held)
+    assert any(text_tokenizer.is_audio(i) for ids in corpus for i in ids)
+    assert not any(question in text for question, _ in held for text in texts)
+    assert any(question in text for question, _ in train for text in texts)  # ASR pairs of training questions
+    assert pipeline.pretraining_corpus(text_tokenizer, load_speech_tokenizer(tokenizer_dir), PLAN) == corpus
