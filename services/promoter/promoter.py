@@ -7,6 +7,8 @@ Where things live (Kubernetes: the store and the model-repository volumes; local
   <repository>/<model>/<version>/         a version referencing that copy (services.triton.repository)
 Versions only go up: a rollback serves the previous checkpoint as a new version, so that a restarted
 replica, which loads the newest version, always comes back with what the others serve.
+After a rollout has succeeded, older version directories (no replica serves them) and the copies of
+checkpoints that are neither live nor the rollback target are deleted: each copy of the real LM is ~19 GB.
 """
 
 from __future__ import annotations
@@ -177,6 +179,7 @@ class Promoter:
             new, replicas = self._roll(model, checkpoint_id, serving, live.version if live else None)
             self.registry.mark_promoted(model, checkpoint_id, new, self.who, why)
             point_current(serving)
+            self._prune(model, new)
         return {"model": model, "checkpoint": checkpoint_id, "version": new,
                 "previous_version": live.version if live else None,
                 "previous_checkpoint": live.checkpoint if live else None, "replicas": replicas}
@@ -188,15 +191,28 @@ class Promoter:
             if len(lineage) < 2:
                 raise RegistryError(f"{model}: nothing to roll back to (lineage {[s.checkpoint for s in lineage]})")
             current, previous = lineage[-1], lineage[-2]
-            serving = self.settings.serving_checkpoints / model / previous.checkpoint
-            if not serving.is_dir():
-                raise FileNotFoundError(f"{model}: the served copy {serving} of {previous.checkpoint} is gone")
+            # The copy is normally still there (pruning keeps the rollback target); if not, copy it again.
+            serving = copy_checkpoint(Path(self.registry.get(model, previous.checkpoint).path),
+                                      self.settings.serving_checkpoints / model / previous.checkpoint)
             new, replicas = self._roll(model, previous.checkpoint, serving, current.version)
             self.registry.mark_rolled_back(model, new, self.who, why)
             point_current(serving)
+            self._prune(model, new)
         return {"model": model, "checkpoint": previous.checkpoint, "version": new,
                 "rolled_back_checkpoint": current.checkpoint, "rolled_back_version": current.version,
                 "replicas": replicas}
+
+    def _prune(self, model: str, live_version: int) -> None:
+        """Deletes what the finished rollout left unused: versions below the live one (every replica has
+        unloaded them) and served copies other than the live checkpoint and the rollback target."""
+        for version in (self.settings.model_repository / model).iterdir():
+            if version.name.isdigit() and int(version.name) < live_version:
+                shutil.rmtree(version, ignore_errors=True)
+        keep = {entry.checkpoint for entry in self.registry.serving(model)[-2:]}
+        for copy in (self.settings.serving_checkpoints / model).iterdir():
+            if copy.is_dir() and not copy.is_symlink() and not copy.name.startswith(".") and copy.name not in keep:
+                shutil.rmtree(copy, ignore_errors=True)
+        self.log(f"{model}: kept version {live_version} and the copies of {sorted(keep)}")
 
     def _note(self, model: str, checkpoint_id: str, state: str, why: str) -> None:
         self.registry.note(model, Event(checkpoint_id, state, state, self.who, why, now_iso()))

@@ -220,6 +220,15 @@ def promoter_cli(capsys, deployment, redis_addr, *args) -> tuple[int, dict | Non
     return code, json.loads(captured.out) if captured.out.strip() else None, captured.err
 
 
+def version_dirs(deployment) -> list[str]:
+    return sorted(p.name for p in (deployment["repository"] / "llm").iterdir() if p.name.isdigit())
+
+
+def served_copies(deployment) -> list[str]:
+    copies = deployment["repository"].parent / "checkpoints" / "llm"
+    return sorted(p.name for p in copies.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
+
+
 def wait_for(predicate, timeout_s=60.0):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -273,6 +282,8 @@ def test_promotion_and_rollback_under_load_lose_no_request(deployment, redis_add
         assert all(r["canary"]["reply_ids"] for r in report["replicas"])
         assert live_versions() == [[2]] * replicas
         assert wait_for(served("b"))
+        # Version 1 is unloaded everywhere: its directory is gone; a's copy stays as the rollback target.
+        assert version_dirs(deployment) == ["2"] and served_copies(deployment) == ["a", "b"]
 
         # A candidate that failed its gate is refused before anything is touched.
         code, report, err = promoter_cli(capsys, deployment, redis_addr, "promote", "llm", "--candidate", "c")
@@ -316,7 +327,8 @@ def test_promotion_and_rollback_under_load_lose_no_request(deployment, redis_add
     assert states == {"a": ("promoted", True, 3), "b": ("retired", True, 2), "c": ("evaluated", False, None),
                       "d": ("evaluated", True, None)}
     assert any("failed" in e.why and e.checkpoint == "d" for e in registry.history("llm"))
-    assert sorted(p.name for p in (deployment["repository"] / "llm").iterdir() if p.name.isdigit()) == ["1", "2", "3"]
+    # After the rollback only a is in the lineage: b's copy and versions 1-2 are gone.
+    assert version_dirs(deployment) == ["3"] and served_copies(deployment) == ["a"]
     assert cli(["promote", "llm", "--show", "--redis", redis_addr]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["live"] == {"checkpoint": "a", "version": 3} and len(shown["history"]) == len(registry.history("llm"))
