@@ -19,7 +19,7 @@ PAIRS = spoken_arithmetic.question_answer_pairs(ARITHMETIC)[0][: 2 * len(style.D
 
 @pytest.fixture(scope="module")
 def examples():
-    return style.styled_examples(PAIRS, style.Recipe(), ARITHMETIC)
+    return style.styled_examples(PAIRS, style.Recipe(rounds=1), ARITHMETIC)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_assignment_is_deterministic_and_balanced():
 
 
 def test_examples_are_deterministic(examples):
-    again = style.styled_examples(PAIRS, style.Recipe(), ARITHMETIC)
+    again = style.styled_examples(PAIRS, style.Recipe(rounds=1), ARITHMETIC)
     def labels(items):
         return [(e.question, e.style, e.question_voice) for e in items]
 
@@ -79,6 +79,16 @@ def test_examples_are_deterministic(examples):
     assert [(e.question, e.answer) for e in examples] == PAIRS
     assert Counter(e.style for e in examples) == Counter({name: 2 for name in STYLES})
     assert all(e.instruction == STYLES[e.style].instruction for e in examples)
+
+
+def test_rounds_give_each_question_distinct_styles_and_stay_balanced():
+    assignment = [style.style_assignment(len(PAIRS) * 3, style.Recipe(), ARITHMETIC.voices, r) for r in range(3)]
+    for i in range(len(PAIRS) * 3):
+        assert len({assignment[r][i][0].name for r in range(3)}) == 3
+    counts = Counter(s.name for round_ in assignment for s, _ in round_)
+    assert max(counts.values()) - min(counts.values()) <= 3
+    with pytest.raises(ValueError):
+        style.Recipe(rounds=len(STYLES) + 1)
 
 
 def seconds(audio_and_rate) -> float:

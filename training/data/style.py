@@ -75,11 +75,16 @@ DEFAULT_STYLES = styles_for(ASSISTANT_VOICE)
 class Recipe:
     styles: tuple[Style, ...] = DEFAULT_STYLES
     seed: int = 0
+    # Styled copies of each question, each copy in a different style. One copy gave the tiny LM ~14
+    # slow and ~14 fast answers, too few to learn the rate from (speech tokens slow / fast 1.00).
+    rounds: int = 3
 
     def __post_init__(self):
         names = [style.name for style in self.styles]
         if not names or len(set(names)) != len(names):
             raise ValueError(f"style names must be present and unique: {names}")
+        if not 1 <= self.rounds <= len(names):
+            raise ValueError(f"rounds must be 1..{len(names)} (one distinct style per copy), got {self.rounds}")
 
     def hash(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -98,28 +103,32 @@ class StyledExample:
     answer_sample_rate: int
 
 
-def style_assignment(count: int, recipe: Recipe, question_voices: Sequence[Voice]) -> list[tuple[Style, Voice]]:
-    """(style, question voice) for each of `count` questions. Questions are ranked by a seeded permutation
-    and dealt styles in turn, so styles differ in count by at most one; within a style the question voices
-    are dealt in turn too, so no style is heard mostly in one voice."""
+def style_assignment(count: int, recipe: Recipe, question_voices: Sequence[Voice],
+                     round_index: int = 0) -> list[tuple[Style, Voice]]:
+    """(style, question voice) for each of `count` questions in one round. Questions are ranked by a seeded
+    permutation and dealt styles in turn, so styles differ in count by at most one; within a style the
+    question voices are dealt in turn too, so no style is heard mostly in one voice. Round r shifts every
+    question's style by r, so a question's copies all differ in style."""
     styles = recipe.styles
     ranks = np.empty(count, dtype=int)
     ranks[np.random.default_rng(recipe.seed).permutation(count)] = np.arange(count)
-    return [(styles[rank % len(styles)], question_voices[(rank // len(styles)) % len(question_voices)])
+    return [(styles[(rank + round_index) % len(styles)],
+             question_voices[(rank // len(styles) + round_index) % len(question_voices)])
             for rank in ranks]
 
 
 def styled_examples(pairs: list[tuple[str, str]], recipe: Recipe,
                     arithmetic_recipe: spoken_arithmetic.Recipe) -> list[StyledExample]:
-    """Each (question, answer) once, in the order given: the question in one of the arithmetic recipe's
-    training voices, the answer in its assigned style."""
+    """Each (question, answer) `recipe.rounds` times (round by round, in the order given): the question in
+    one of the arithmetic recipe's training voices, the answer in the style assigned in that round."""
     examples = []
-    assignment = style_assignment(len(pairs), recipe, arithmetic_recipe.voices)
-    for (question, answer), (style, voice) in zip(pairs, assignment):
-        audio, rate = espeak(question, voice)
-        answer_audio, answer_rate = espeak(answer, style.voice)
-        examples.append(StyledExample(question, answer, style.name, style.instruction, voice,
-                                      audio, rate, answer_audio, answer_rate))
+    for round_index in range(recipe.rounds):
+        assignment = style_assignment(len(pairs), recipe, arithmetic_recipe.voices, round_index)
+        for (question, answer), (style, voice) in zip(pairs, assignment):
+            audio, rate = espeak(question, voice)
+            answer_audio, answer_rate = espeak(answer, style.voice)
+            examples.append(StyledExample(question, answer, style.name, style.instruction, voice,
+                                          audio, rate, answer_audio, answer_rate))
     return examples
 
 
