@@ -63,7 +63,7 @@ class Plan:
 
 
 PLANS = {
-    # `make tiny`: a few minutes on two CPU cores.
+    # `make tiny`: ~8-12 minutes on two CPU cores.
     "tiny": Plan(),
     # `make train-tiny`: trained longer, with flite voices and Mandarin speech for the tokenizer (tens of minutes).
     "train-tiny": Plan(

@@ -75,9 +75,9 @@ DEFAULT_STYLES = styles_for(ASSISTANT_VOICE)
 class Recipe:
     styles: tuple[Style, ...] = DEFAULT_STYLES
     seed: int = 0
-    # Styled copies of each question, each copy in a different style. One copy gave the tiny LM ~14
-    # slow and ~14 fast answers, too few to learn the rate from (speech tokens slow / fast 1.00).
-    rounds: int = 3
+    # Styled copies of each question, each copy in a different style. Three did not teach the tiny plan's
+    # LM the rate either (speech tokens slow / fast 0.99 vs 1.00 with one) and cost accuracy, so one.
+    rounds: int = 1
 
     def __post_init__(self):
         names = [style.name for style in self.styles]
