@@ -44,7 +44,7 @@ tiny: setup  ## build the tiny checkpoints with our own training code into build
 info: setup  ## parameter counts and vocabulary facts of the real-size presets
 	.venv/bin/glmvoice info --preset glm-4-voice
 
-train-tiny: setup  ## the tiny checkpoints trained longer (~30 min on 2 cores), evaluated with faster-whisper
+train-tiny: setup  ## the tiny checkpoints trained longer (~1.5 h on 2 cores), evaluated with faster-whisper
 	$(PY) -m training.tiny --plan train-tiny --asr --out $(CKPT)
 
 engines: tiny  ## ONNX exports, then TensorRT plans into build/engines (GPU nodes; stops with a message elsewhere)
