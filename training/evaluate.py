@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import yaml
 
-from training.data.corpus import MANDARIN_VOICE, Utterance, normalize_text
+from training.data.corpus import MANDARIN_VOICE, normalize_text
 from training.data import style as style_data
 from training.pipeline import PLANS, Plan, codes_of, decoder_items, lm_pairs, speech_data
 from training.provenance import read_provenance, write_metrics
@@ -142,7 +142,7 @@ def style_rate_metrics(model, text_tokenizer, speech_tokenizer, plan: Plan) -> d
         return {}
     data = speech_data(plan)
     examples = data.arithmetic_new_voice[:STYLE_QUESTIONS]
-    codes = codes_of(speech_tokenizer, [Utterance(ex.question, ex.audio, ex.sample_rate, "") for ex in examples])
+    codes = codes_of(speech_tokenizer, [(ex.audio, ex.sample_rate) for ex in examples])
     counts = {}
     for name in ("slow", "fast"):
         counts[name] = []

@@ -21,6 +21,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from training.data import corpus, spoken_arithmetic
@@ -84,7 +85,7 @@ class SpeechData:
     arithmetic_train: list[spoken_arithmetic.Example]
     arithmetic_held: list[spoken_arithmetic.Example]  # unseen questions
     arithmetic_new_voice: list[spoken_arithmetic.Example]  # training questions in unseen voices
-    styled_train: list[style_data.StyledExample]  # each training question once, with a style instruction
+    styled_train: list[style_data.StyledExample]  # each training question style.rounds times, with an instruction
     decoder_voice: str = field(default="")  # Utterance.source of the one voice the decoder speaks in
 
 
@@ -244,19 +245,23 @@ def decoder_items(decoder, tokenizer, plan: Plan, held_out: bool) -> list:
     utterances = [u for u in english if u.source == data.decoder_voice]
     if not held_out:
         utterances += unique_answers(data.arithmetic_train)
-    codes = tokenizer.tokenize_batch([u.audio for u in utterances], utterances[0].sample_rate) \
-        if len({u.sample_rate for u in utterances}) == 1 else [tokenizer.tokenize(u.audio, u.sample_rate) for u in utterances]
+    codes = codes_of(tokenizer, recordings(utterances))
     return [decoder_item(decoder, c, u.audio, u.sample_rate) for c, u in zip(codes, utterances)]
 
 
-def codes_of(speech_tokenizer, utterances: list[Utterance]) -> list[list[int]]:
-    """Speech codes of each utterance (batched per sample rate)."""
-    codes: list[list[int] | None] = [None] * len(utterances)
-    for rate in sorted({u.sample_rate for u in utterances}):
-        indices = [i for i, u in enumerate(utterances) if u.sample_rate == rate]
-        for i, c in zip(indices, speech_tokenizer.tokenize_batch([utterances[i].audio for i in indices], rate)):
+def codes_of(speech_tokenizer, clips: list[tuple[np.ndarray, int]]) -> list[list[int]]:
+    """Speech codes of each (audio, sample rate) clip, batched per sample rate: the one way training
+    tokenizes recordings (sources mix rates: espeak 22.05 kHz, LibriVox 16 kHz)."""
+    codes: list[list[int] | None] = [None] * len(clips)
+    for rate in sorted({r for _, r in clips}):
+        indices = [i for i, (_, r) in enumerate(clips) if r == rate]
+        for i, c in zip(indices, speech_tokenizer.tokenize_batch([clips[i][0] for i in indices], rate)):
             codes[i] = c
     return codes
+
+
+def recordings(utterances: list[Utterance]) -> list[tuple[np.ndarray, int]]:
+    return [(u.audio, u.sample_rate) for u in utterances]
 
 
 def all_answers(plan: Plan) -> list[str]:
@@ -273,7 +278,7 @@ def pretraining_corpus(text_tokenizer, speech_tokenizer, plan: Plan) -> list[lis
     data = speech_data(plan)
     questions = [Utterance(ex.question, ex.audio, ex.sample_rate, "arithmetic:question") for ex in data.arithmetic_train]
     utterances = data.english_train + questions + unique_answers(data.arithmetic_train)
-    spoken = [Spoken(u.text, c) for u, c in zip(utterances, codes_of(speech_tokenizer, utterances))]
+    spoken = [Spoken(u.text, c) for u, c in zip(utterances, codes_of(speech_tokenizer, recordings(utterances)))]
     texts = all_answers(plan) * plan.lm_fact_repeats + sorted({u.text for u in data.english_train})
     return pretraining_sequences(text_tokenizer, spoken, texts, plan.seed, plan.lm_pretrain_documents)
 
@@ -286,17 +291,16 @@ def fine_tuning_pairs(text_tokenizer, speech_tokenizer, plan: Plan) -> list[tupl
     data = speech_data(plan)
     styled = data.styled_train
     styled_pairs = style_data.styled_dialogue_pairs(
-        text_tokenizer, styled, codes_of(speech_tokenizer, [Utterance(ex.question, ex.audio, ex.sample_rate, "") for ex in styled]),
-        codes_of(speech_tokenizer, [Utterance(ex.answer, ex.answer_audio, ex.answer_sample_rate, "") for ex in styled]))
+        text_tokenizer, styled, codes_of(speech_tokenizer, [(ex.audio, ex.sample_rate) for ex in styled]),
+        codes_of(speech_tokenizer, [(ex.answer_audio, ex.answer_sample_rate) for ex in styled]))
     facts = whole_sequences([text_tokenizer.encode(answer) for answer in all_answers(plan)])
     return lm_pairs(text_tokenizer, speech_tokenizer, data.arithmetic_train) + styled_pairs + facts
 
 
 def lm_pairs(text_tokenizer, speech_tokenizer, examples: list[spoken_arithmetic.Example]) -> list[tuple[list[int], list[int]]]:
-    questions = speech_tokenizer.tokenize_batch([ex.audio for ex in examples], examples[0].sample_rate)
+    questions = codes_of(speech_tokenizer, [(ex.audio, ex.sample_rate) for ex in examples])
     answers = unique_answers(examples)
-    answer_codes = dict(zip([a.text for a in answers],
-                            speech_tokenizer.tokenize_batch([a.audio for a in answers], answers[0].sample_rate)))
+    answer_codes = dict(zip([a.text for a in answers], codes_of(speech_tokenizer, recordings(answers))))
     return spoken_arithmetic.dialogue_pairs(text_tokenizer, examples, questions, answer_codes)
 
 
