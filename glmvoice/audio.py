@@ -14,6 +14,8 @@ import numpy as np
 from scipy.signal import resample_poly
 
 SUPPORTED_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
+# Sample rates a reply can be delivered at (the decoder makes 22.05 kHz; the rest are resampled).
+OUTPUT_RATES = (8000, 16000, 22050, 24000, 48000)
 
 
 class AudioFormatError(ValueError):
@@ -132,6 +134,43 @@ def resample(samples: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarra
         return samples
     g = math.gcd(orig_rate, target_rate)
     return resample_poly(samples, target_rate // g, orig_rate // g).astype(np.float32)
+
+
+class StreamResampler:
+    """Polyphase resampling of a growing signal that equals resampling the whole signal at once.
+
+    Each call resamples the buffered tail with `margin` samples of left context, starting on an input sample
+    that maps onto the output grid, and emits only outputs whose filter support is complete."""
+
+    def __init__(self, orig_rate: int, target_rate: int):
+        g = math.gcd(orig_rate, target_rate)
+        self.orig_rate, self.target_rate = orig_rate, target_rate
+        self.up, self.down = target_rate // g, orig_rate // g
+        # scipy's resample_poly filter has 10 * max(up, down) taps per side at the upsampled rate.
+        self.margin = math.ceil(10 * max(self.up, self.down) / self.up) + 2
+        self.buffer = np.zeros(0, dtype=np.float32)
+        self.start = 0  # input index of buffer[0]; a multiple of `down`
+        self.emitted = 0  # output samples emitted so far
+
+    def push(self, samples: np.ndarray, final: bool = False) -> np.ndarray:
+        if self.up == self.down:
+            return np.asarray(samples, dtype=np.float32)
+        self.buffer = np.concatenate([self.buffer, np.asarray(samples, dtype=np.float32)])
+        total = self.start + len(self.buffer)
+        if final:
+            ready = -(-total * self.up // self.down)
+        else:
+            ready = max(total - self.margin, 0) * self.up // self.down
+        if ready <= self.emitted or len(self.buffer) == 0:
+            return np.zeros(0, dtype=np.float32)
+        y = resample(self.buffer, self.orig_rate, self.target_rate)
+        offset = self.start * self.up // self.down
+        out = y[self.emitted - offset : ready - offset]
+        self.emitted = ready
+        keep_from = max(self.emitted * self.down // self.up - self.margin, 0) // self.down * self.down
+        self.buffer = self.buffer[keep_from - self.start :]
+        self.start = keep_from
+        return out
 
 
 def check_waveform(samples: np.ndarray) -> np.ndarray:

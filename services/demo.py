@@ -1,7 +1,7 @@
 """`python -m services.demo --checkpoints DIR`: a spoken question through the whole system, end to end.
 
 Starts Redis, Triton (the three models in one process) and the orchestrator on free local ports with the
-checkpoints in DIR (random tiny ones are built for any DIR lacks, and the demo says so), streams a real
+checkpoints in DIR (the tiny ones are trained first if DIR lacks any), streams a real
 LibriVox recording in real time as 20 ms mu-law 8 kHz telephony frames, writes the reply WAV and the
 transcript to build/demo/, prints the latency breakdown, and stops everything.
 """
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from glmvoice.audio import write_wav
-    from glmvoice.cli.chat import converse_wav, summary
+    from glmvoice.client import converse_wav, summary
     from services.local_stack import RedisServer, build_model_repository, ensure_checkpoints, start_triton
     from services.orchestrator.server import OrchestratorThread
     from services.orchestrator.settings import Settings
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     built = ensure_checkpoints(args.checkpoints)
     if built:
-        print(f"demo: {args.checkpoints} lacked {', '.join(built)}: built random tiny checkpoints (replies are noise)")
+        print(f"demo: {args.checkpoints} lacked {', '.join(built)}: trained the tiny checkpoints")
     started = time.monotonic()
     redis = RedisServer(args.out / "redis").start()
     triton = orchestrator = None
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         "question_transcript": librivox_transcript(args.clip),
         "question_wav": str(args.clip),
         "reply_wav": str(args.out / "reply.wav"),
-        "random_checkpoints": built,
+        "trained_missing_checkpoints": built,
     }
     (args.out / "transcript.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
     print(f"demo: question: {result['question_transcript']!r}")

@@ -79,32 +79,16 @@ class RedisServer:
 
 
 def ensure_checkpoints(directory: Path) -> list[str]:
-    """Builds random tiny checkpoints for the networks DIR lacks; returns the ones it built."""
-    import torch
-
-    from glmvoice.models.llm_checkpoint import write_tiny_checkpoint
-    from glmvoice.models.speech_decoder import DecoderConfig, build_speech_decoder, save_speech_decoder
-    from glmvoice.models.speech_tokenizer import SpeechTokenizerConfig, SpeechTokenizerModel
-    from glmvoice.models.speech_tokenizer_checkpoint import save_speech_tokenizer
-
-    def tokenizer(path):
-        model = SpeechTokenizerModel(SpeechTokenizerConfig.from_name("tiny"))
-        model.init_random_weights(torch.Generator().manual_seed(1234))
-        save_speech_tokenizer(model, path)
-
-    builders = {
-        "tokenizer": tokenizer,
-        "llm": lambda path: write_tiny_checkpoint(path, seed=1234),
-        "decoder": lambda path: save_speech_decoder(build_speech_decoder(DecoderConfig.from_name("tiny"), seed=4321), path),
-    }
-    built = []
-    for network, name in CHECKPOINT_DIRS.items():
-        path = directory / name
-        if not path.is_dir() or not any(path.iterdir()):
-            path.mkdir(parents=True, exist_ok=True)
-            builders[network](path)
-            built.append(name)
-    return built
+    """Trains the tiny checkpoints (training.tiny, cached by plan) when DIR lacks any network, so a fresh
+    checkout never serves random weights; returns the networks that were missing."""
+    missing = [name for name in CHECKPOINT_DIRS.values()
+               if not (directory / name).is_dir() or not any((directory / name).iterdir())]
+    if missing:
+        print(f"{directory} lacks {', '.join(missing)}: training the tiny checkpoints (python -m training.tiny)",
+              file=sys.stderr, flush=True)
+        # A subprocess, not an import: services never import training (DESIGN.md "Layers").
+        subprocess.run([sys.executable, "-m", "training.tiny", "--out", str(directory)], check=True)
+    return missing
 
 
 def build_model_repository(checkpoints: Path, repository: Path) -> Path:
@@ -176,7 +160,7 @@ def up(checkpoints: Path, workdir: Path) -> dict:
                  "redis": redis.process.pid},
         "orchestrator": f"127.0.0.1:{port}", "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
         "gateway": f"http://127.0.0.1:{http_port}",
-        "triton": triton.grpc_url, "redis": redis.addr, "built_random_checkpoints": built,
+        "triton": triton.grpc_url, "redis": redis.addr, "trained_missing_checkpoints": built,
     }
     STATE.parent.mkdir(parents=True, exist_ok=True)
     STATE.write_text(json.dumps(state, indent=2))

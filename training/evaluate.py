@@ -12,7 +12,7 @@
   pre-training, so this measures text knowledge carried over to speech); style control: the same spoken
   questions after "slow" and after "fast" instructions, speech tokens emitted slow / fast
   (`style_rate_contrast`, against `style_rate_contrast_data`, the ratio the data teaches).
-Every run writes metrics.json (training.provenance) into the checkpoint, with the gate's verdict.
+Every run writes metrics.json (glmvoice.provenance) into the checkpoint, with the gate's verdict.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import yaml
 from training.data.corpus import MANDARIN_VOICE, normalize_text
 from training.data import style as style_data
 from training.pipeline import PLANS, Plan, codes_of, decoder_items, lm_pairs, speech_data
-from training.provenance import read_provenance, write_metrics
+from glmvoice.provenance import read_provenance, write_metrics
 
 GATE_FILE = Path(__file__).with_name("eval_gate.yaml")
 
@@ -134,7 +134,7 @@ STYLE_QUESTIONS = 12
 
 def style_rate_metrics(model, text_tokenizer, speech_tokenizer, plan: Plan) -> dict:
     """Speech tokens the LM emits for the same unseen-voice questions after the slow vs the fast instruction."""
-    from glmvoice.chat import Conversation
+    from glmvoice.chat_template import Conversation
     from glmvoice.runtime.generate import generate
 
     styles = {style.name: style for style in plan.style.styles}

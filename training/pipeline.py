@@ -28,7 +28,7 @@ from training.data import corpus, spoken_arithmetic
 from training.data import style as style_data
 from training.data.corpus import Utterance
 from training.loop import save_loss_plot
-from training.provenance import Provenance, new_provenance, read_provenance, write_provenance
+from glmvoice.provenance import Provenance, new_provenance, read_provenance, write_provenance
 from training.train_decoder import DecoderTrainConfig
 from training.train_llm import LMTrainConfig
 from training.train_tokenizer import TokenizerTrainConfig
@@ -310,7 +310,7 @@ def train_llm(out: str | Path, preset: str, plan: Plan, tokenizer_dir: str | Pat
     from glmvoice.models.llm_checkpoint import load_llm, save_llm
     from glmvoice.runtime.tokenizer_stream import load_speech_tokenizer
     from training import train_llm as tl
-    from training.text_tokenizer import build_text_tokenizer
+    from training.bpe_tokenizer import build_text_tokenizer
 
     out, tokenizer_dir = Path(out), Path(tokenizer_dir)
     if up_to_date("llm", out, preset, plan, tokenizer_dir, parent):

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from training import pipeline
-from training.provenance import METRICS_NAME, PROVENANCE_NAME, read_metrics
+from glmvoice.provenance import METRICS_NAME, PROVENANCE_NAME, read_metrics
 
 LAYOUT = {"speech_tokenizer": "glm-4-voice-tokenizer", "llm": "glm-4-voice-9b", "speech_decoder": "glm-4-voice-decoder"}
 

@@ -1,7 +1,9 @@
 """`glmvoice`: one command for the project's offline tools.
 
-Each subcommand is a module in this package with `add_arguments(parser)` and `run(args) -> int`;
-modules are imported only when their command runs, so `glmvoice --help` stays fast.
+Each subcommand is a module with `add_arguments(parser)` and `run(args) -> int`. The offline tools live in
+this package; commands that drive a service or a training Job live with that code and register themselves
+as entry points in the `glmvoice.commands` group (pyproject.toml), so glmvoice/ never imports services/ or
+training/. A module is imported only when the parser is built or its command runs.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from importlib.metadata import entry_points
 
 COMMANDS = {
     "info": ("glmvoice.cli.info", "parameter count and vocabulary facts of a checkpoint or preset"),
@@ -16,16 +19,23 @@ COMMANDS = {
     "generate": ("glmvoice.cli.generate", "run the LM on ids, text or audio; print ids, text and speech codes"),
     "synthesize": ("glmvoice.cli.synthesize", "speech codes to a waveform with the speech decoder"),
     "chat": ("glmvoice.cli.chat", "one spoken turn against a running orchestrator (gRPC), reply to a WAV"),
-    "promote": ("glmvoice.cli.promote", "make a checkpoint the served Triton version, one replica at a time"),
-    "rollback": ("glmvoice.cli.promote", "serve the previously promoted version again"),
-    "jobs": ("glmvoice.cli.jobs", "submit and follow training, evaluation and promotion Jobs on Kubernetes"),
 }
+ENTRY_POINT_GROUP = "glmvoice.commands"
+
+
+def commands() -> dict[str, tuple[str, str]]:
+    """name -> (module, help): the built-in commands, then those registered by services and training."""
+    found = dict(COMMANDS)
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        module = importlib.import_module(entry.module)
+        found[entry.name] = (entry.module, module.HELP[entry.name])
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glmvoice", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (module_name, help_text) in COMMANDS.items():
+    for name, (module_name, help_text) in commands().items():
         module = importlib.import_module(module_name)
         module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
     return parser
@@ -33,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    module = importlib.import_module(COMMANDS[args.command][0])
+    module = importlib.import_module(commands()[args.command][0])
     try:
         return module.run(args)
     except (FileNotFoundError, ValueError) as exc:

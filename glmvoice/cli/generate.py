@@ -37,10 +37,10 @@ def _parse_ids(text: str) -> list[int]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from glmvoice.chat import Conversation, OutputRouter
+    from glmvoice.chat_template import Conversation, OutputRouter
     from glmvoice.models.llm_checkpoint import load_llm
     from glmvoice.runtime.generate import generate
-    from glmvoice.runtime.sampling import SamplingParams
+    from glmvoice.sampling import SamplingParams
 
     if args.audio and not args.tokenizer:
         raise ValueError("--audio needs --tokenizer (the speech tokenizer directory)")

@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
 
     from glmvoice.audio import resample, write_wav
     from glmvoice.models.speech_decoder import load_speech_decoder
-    from glmvoice.runtime.decoder_stream import OUTPUT_RATES, DecoderStreams, StreamSettings
+    from glmvoice.audio import OUTPUT_RATES
+    from glmvoice.runtime.decoder_stream import DecoderStreams, StreamSettings
 
     if args.tokens_file is not None and not args.tokens_file.is_file():
         raise FileNotFoundError(f"no such tokens file: {args.tokens_file}")

@@ -16,7 +16,7 @@ import torch
 
 from glmvoice.models.common import build_on_meta, load_safetensors, save_safetensors_sharded
 from glmvoice.models.llm import GLMConfig, Transformer, pad_vocab
-from glmvoice.models.text_tokenizer import TextTokenizer, build_tiny_tokenizer, tokenizer_presets
+from glmvoice.models.text_tokenizer import TextTokenizer
 
 SHARD_PATTERN = "model-{:05d}-of-{:05d}.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -175,27 +175,3 @@ def save_llm(
     raw = config_to_chatglm(model.config, dtype, tokenizer)
     (directory / "config.json").write_text(json.dumps(raw, indent=2))
     save_safetensors_sharded(to_published(state, model.config), directory, SHARD_PATTERN, INDEX_NAME, max_shard_bytes)
-
-
-def write_tiny_checkpoint(directory: str | Path, seed: int = 0, init_std: float = 0.1) -> Path:
-    """A random tiny LM with our tiny tokenizer, in the published layout (several shards).
-
-    The vocabulary is the tiny tokenizer's (text BPE + specials + the tiny speech codebook), padded to
-    a multiple of 128. Weights are drawn with a std large enough that attention is far from uniform,
-    which keeps parity tests sensitive to the attention, rotary and MLP details.
-    """
-    directory = Path(directory)
-    tokenizer = build_tiny_tokenizer(directory, **tokenizer_presets["tiny"])
-    config = GLMConfig.from_name("tiny", vocab_size=pad_vocab(tokenizer.vocab_size))
-    generator = torch.Generator().manual_seed(seed)
-    model = Transformer(config)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("norm.weight"):
-                param.copy_(1.0 + 0.1 * torch.randn(param.shape, generator=generator))
-            else:
-                param.copy_(init_std * torch.randn(param.shape, generator=generator))
-    total = sum(p.numel() * p.element_size() for p in model.parameters())
-    save_llm(model, directory, max_shard_bytes=total // 3 + 1, tokenizer=tokenizer)
-    return directory
-

@@ -27,11 +27,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from glmvoice.audio import resample
+from glmvoice.audio import OUTPUT_RATES, StreamResampler
 from glmvoice.models.speech_decoder import SpeechDecoder, harmonic_phases
-
-OUTPUT_RATES = (8000, 16000, 22050, 24000, 48000)
-
 
 @dataclass(frozen=True)
 class StreamSettings:
@@ -49,43 +46,6 @@ class StreamSettings:
 def fade_in(n: int) -> torch.Tensor:
     """Raised-cosine ramp w over n points: w * new + (1 - w) * old moves from old to new at constant level."""
     return torch.sin(0.5 * math.pi * (torch.arange(n, dtype=torch.float32) + 0.5) / n) ** 2
-
-
-class StreamResampler:
-    """Polyphase resampling of a growing signal that equals resampling the whole signal at once.
-
-    Each call resamples the buffered tail with `margin` samples of left context, starting on an input sample
-    that maps onto the output grid, and emits only outputs whose filter support is complete."""
-
-    def __init__(self, orig_rate: int, target_rate: int):
-        g = math.gcd(orig_rate, target_rate)
-        self.orig_rate, self.target_rate = orig_rate, target_rate
-        self.up, self.down = target_rate // g, orig_rate // g
-        # scipy's resample_poly filter has 10 * max(up, down) taps per side at the upsampled rate.
-        self.margin = math.ceil(10 * max(self.up, self.down) / self.up) + 2
-        self.buffer = np.zeros(0, dtype=np.float32)
-        self.start = 0  # input index of buffer[0]; a multiple of `down`
-        self.emitted = 0  # output samples emitted so far
-
-    def push(self, samples: np.ndarray, final: bool = False) -> np.ndarray:
-        if self.up == self.down:
-            return np.asarray(samples, dtype=np.float32)
-        self.buffer = np.concatenate([self.buffer, np.asarray(samples, dtype=np.float32)])
-        total = self.start + len(self.buffer)
-        if final:
-            ready = -(-total * self.up // self.down)
-        else:
-            ready = max(total - self.margin, 0) * self.up // self.down
-        if ready <= self.emitted or len(self.buffer) == 0:
-            return np.zeros(0, dtype=np.float32)
-        y = resample(self.buffer, self.orig_rate, self.target_rate)
-        offset = self.start * self.up // self.down
-        out = y[self.emitted - offset : ready - offset]
-        self.emitted = ready
-        keep_from = max(self.emitted * self.down // self.up - self.margin, 0) // self.down * self.down
-        self.buffer = self.buffer[keep_from - self.start :]
-        self.start = keep_from
-        return out
 
 
 @dataclass

@@ -12,7 +12,8 @@ from typing import Callable
 import torch
 
 from glmvoice.models.llm import Transformer
-from glmvoice.runtime.sampling import SamplingParams, sample
+from glmvoice.sampling import SamplingParams
+from glmvoice.runtime.sampling import make_generator, sample
 
 
 @dataclass
@@ -43,7 +44,7 @@ def generate(
         )
     device = model.output.weight.device
     model.setup_caches(1, total)
-    generator = params.make_generator(device)
+    generator = make_generator(params, device)
     stops = frozenset(int(i) for i in stop_ids)
 
     prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # [1, T]

@@ -24,7 +24,9 @@ from typing import Callable
 
 import torch
 
-from glmvoice.runtime.sampling import SamplingParams, sample
+from glmvoice.sampling import SamplingParams
+
+from glmvoice.runtime.sampling import make_generator, sample
 
 
 class EngineFullError(RuntimeError):
@@ -126,7 +128,7 @@ class LLMEngine:
     def submit(self, request: GenerationRequest, on_token: TokenCallback, on_finish: FinishCallback) -> str:
         self._validate(request)
         request.request_id = request.request_id or f"req-{next(self._ids)}"
-        seq = _Sequence(request, on_token, on_finish, request.sampling.make_generator(), ids=list(request.prompt_ids))
+        seq = _Sequence(request, on_token, on_finish, make_generator(request.sampling), ids=list(request.prompt_ids))
         with self._lock:
             if request.request_id in self.by_id:
                 raise RequestError(f"request id {request.request_id!r} is already running")

@@ -6,40 +6,18 @@ ids), temperature, top-k, top-p, then a draw from the row's own torch.Generator.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-# The official GLM-4-Voice demo's settings, as SamplingParams keyword arguments.
-OFFICIAL_SAMPLING = {"temperature": 0.2, "top_p": 0.8}
+from glmvoice.sampling import SamplingParams
 
-
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0  # nucleus: keep the smallest set of most likely tokens whose mass reaches top_p
-    top_k: int = 0  # 0 = no limit
-    repetition_penalty: float = 1.0  # HF/CTRL style: divide positive logits, multiply negative ones
-    presence_penalty: float = 0.0  # OpenAI style: subtract from every token already generated
-    seed: int | None = None
-
-    def __post_init__(self):
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-
-    def make_generator(self, device: str | torch.device = "cpu") -> torch.Generator:
-        generator = torch.Generator(device=device)
-        if self.seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(self.seed)
-        return generator
+def make_generator(params: SamplingParams, device: str | torch.device = "cpu") -> torch.Generator:
+    """The row's own random stream: seeded when the request gives a seed, else from the OS."""
+    generator = torch.Generator(device=device)
+    if params.seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(params.seed)
+    return generator
 
 
 def apply_penalties(

@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, Field
 
 from glmvoice.audio import SUPPORTED_RATES, decode, encode, read_wav, resample, wav_bytes
-from glmvoice.cli.chat import config_request
+from glmvoice.client import config_request
 from glmvoice.telemetry import inject_trace
 from glmvoice.v1 import voice_chat_pb2 as pb
 from services.gateway.realtime import realtime_session

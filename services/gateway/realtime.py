@@ -17,7 +17,7 @@ import binascii
 import grpc
 from fastapi import WebSocket, WebSocketDisconnect
 
-from glmvoice.cli.chat import config_request
+from glmvoice.client import config_request
 from glmvoice.v1 import voice_chat_pb2 as pb
 
 FORMATS = {"pcm16": "LINEAR16", "g711_ulaw": "MULAW", "g711_alaw": "ALAW"}

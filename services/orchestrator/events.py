@@ -1,10 +1,11 @@
-"""What flows through a Converse stream, as plain dataclasses; server.py converts them to and from protobuf."""
+"""What flows through a Converse stream, as plain dataclasses: the stream's config in, and the events out;
+server.py converts them to and from protobuf (client frames after the config are read straight from protobuf)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from glmvoice.runtime.sampling import SamplingParams
+from glmvoice.sampling import SamplingParams
 
 
 @dataclass(frozen=True)
@@ -27,27 +28,6 @@ class StreamConfig:
     vad_silence_ms: int = 500
     style_instruction: str = ""
     session_id: str = ""
-
-
-# Client -> server, after the config.
-@dataclass(frozen=True)
-class AudioIn:
-    data: bytes
-
-
-@dataclass(frozen=True)
-class TextIn:
-    text: str
-
-
-@dataclass(frozen=True)
-class EndOfTurnIn:
-    pass
-
-
-@dataclass(frozen=True)
-class CancelIn:
-    pass
 
 
 # Server -> client.

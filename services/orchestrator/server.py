@@ -19,15 +19,15 @@ from grpc_reflection.v1alpha import reflection
 
 from glmvoice import audio as codecs
 from glmvoice.models.text_tokenizer import TextTokenizer
-from glmvoice.runtime.decoder_stream import OUTPUT_RATES
-from glmvoice.runtime.sampling import OFFICIAL_SAMPLING, SamplingParams
+from glmvoice.audio import OUTPUT_RATES
+from glmvoice.sampling import OFFICIAL_SAMPLING, SamplingParams
 from glmvoice.telemetry import Metrics, extract_trace
 from glmvoice.v1 import common_pb2, voice_chat_pb2 as pb
 from services.orchestrator import events as ev
 from services.orchestrator.auth import ApiKeys
 from services.orchestrator.errors import BackendUnavailable, ErrorInterceptor, Exhausted, InvalidInput
-from services.orchestrator.pipeline import ConverseSession
-from services.orchestrator.sessions import SessionRecord, SessionStore, new_session_id
+from services.orchestrator.converse import ConverseSession
+from services.orchestrator.session_store import SessionRecord, SessionStore, new_session_id
 from services.orchestrator.settings import Settings
 from services.orchestrator.vad import VadModel
 

@@ -13,7 +13,7 @@ import numpy as np
 from services.orchestrator.backends import TokenizerSession
 
 if TYPE_CHECKING:
-    from services.orchestrator.pipeline import ConverseSession
+    from services.orchestrator.converse import ConverseSession
 
 
 def ms(seconds: float) -> float:

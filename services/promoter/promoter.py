@@ -95,7 +95,7 @@ def discover_replicas(settings: PromoterSettings, core_api=None) -> list[Replica
 
 def read_evaluation(checkpoint: Path) -> dict:
     """The evaluation Job writes <checkpoint>/eval/metrics.json; a trainer may leave one beside the weights."""
-    from training.provenance import METRICS_NAME, read_metrics
+    from glmvoice.provenance import METRICS_NAME, read_metrics
 
     evaluated = checkpoint / "eval"
     return read_metrics(evaluated if (evaluated / METRICS_NAME).exists() else checkpoint)
@@ -139,7 +139,7 @@ class Promoter:
 
     def ingest(self, model: str, checkpoint_id: str, why: str) -> Checkpoint:
         """Registers <store>/<model>/<id> as a candidate and records its evaluation, if not done yet."""
-        from training.provenance import read_provenance
+        from glmvoice.provenance import read_provenance
 
         path = self.settings.store / model / checkpoint_id
         if not self.registry.exists(model, checkpoint_id):

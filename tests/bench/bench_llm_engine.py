@@ -18,9 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from glmvoice.models.llm_checkpoint import load_llm, write_tiny_checkpoint  # noqa: E402
+from glmvoice.models.llm_checkpoint import load_llm  # noqa: E402
+from training.random_checkpoints import write_tiny_checkpoint  # noqa: E402
 from glmvoice.runtime.llm_engine import EngineConfig, GenerationRequest, LLMEngine  # noqa: E402
-from glmvoice.runtime.sampling import SamplingParams  # noqa: E402
+from glmvoice.sampling import SamplingParams  # noqa: E402
 from services.triton.launcher import TritonServer, TritonSettings  # noqa: E402
 from services.triton.repository import build_repository  # noqa: E402
 from tests.fixtures.servers import free_port  # noqa: E402

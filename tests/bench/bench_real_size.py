@@ -26,7 +26,7 @@ from glmvoice.models.speech_decoder import DecoderConfig, SpeechDecoder, build_s
 from glmvoice.models.speech_tokenizer import SpeechTokenizerConfig, SpeechTokenizerModel  # noqa: E402
 from glmvoice.runtime.decoder_stream import DecoderStreams  # noqa: E402
 from glmvoice.runtime.llm_engine import EngineConfig, GenerationRequest, LLMEngine  # noqa: E402
-from glmvoice.runtime.sampling import SamplingParams  # noqa: E402
+from glmvoice.sampling import SamplingParams  # noqa: E402
 from glmvoice.runtime.tokenizer_stream import SpeechTokenizer  # noqa: E402
 
 

@@ -20,12 +20,13 @@ import tritonclient.grpc as grpcclient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from glmvoice.models.llm_checkpoint import load_llm, write_tiny_checkpoint  # noqa: E402
+from glmvoice.models.llm_checkpoint import load_llm  # noqa: E402
+from training.random_checkpoints import write_tiny_checkpoint  # noqa: E402
 from glmvoice.models.speech_decoder import load_speech_decoder  # noqa: E402
 from glmvoice.runtime.decoder_service import DecodeItem, DecoderService  # noqa: E402
 from glmvoice.runtime.decoder_stream import DecoderStreams  # noqa: E402
 from glmvoice.runtime.llm_engine import EngineConfig, GenerationRequest, LLMEngine  # noqa: E402
-from glmvoice.runtime.sampling import SamplingParams  # noqa: E402
+from glmvoice.sampling import SamplingParams  # noqa: E402
 from glmvoice.runtime.tokenizer_service import TokenizeItem, TokenizerService  # noqa: E402
 from glmvoice.runtime.tokenizer_stream import load_speech_tokenizer  # noqa: E402
 from services.triton.launcher import TritonServer, TritonSettings  # noqa: E402

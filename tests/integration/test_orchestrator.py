@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from glmvoice.audio import decode, read_wav, resample
-from glmvoice.cli.chat import Transcript, config_request, frames
+from glmvoice.client import Transcript, config_request, frames
 from glmvoice.v1 import voice_chat_pb2 as pb
 from glmvoice.v1.voice_chat_pb2_grpc import VoiceChatStub
 from services.orchestrator.server import OrchestratorThread
@@ -363,7 +363,7 @@ def test_health_and_reflection(orchestrator):
 def test_speech_is_prefilled_while_the_user_speaks(inprocess_orchestrator, tiny_llm_dir):
     """Prefill-only requests under the session id cover the speech as it arrives: every prompt id is
     prefilled once, so end of speech leaves only the last block and the template's tail to prefill."""
-    from glmvoice.chat import Conversation
+    from glmvoice.chat_template import Conversation
     from glmvoice.models.text_tokenizer import TextTokenizer
 
     engine = inprocess_orchestrator.orchestrator.backend.engine

@@ -14,7 +14,7 @@ import tritonclient.grpc as grpcclient
 
 from glmvoice.models.llm_checkpoint import load_llm
 from glmvoice.runtime.generate import generate
-from glmvoice.runtime.sampling import SamplingParams
+from glmvoice.sampling import SamplingParams
 
 pytestmark = pytest.mark.integration
 GREEDY = SamplingParams(temperature=0.0)

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from training import asr, tiny
-from training.provenance import read_metrics, read_provenance
+from glmvoice.provenance import read_metrics, read_provenance
 
 pytestmark = pytest.mark.slow
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from glmvoice.chat import Conversation, OutputRouter
-from glmvoice.models.text_tokenizer import build_tiny_tokenizer
+from glmvoice.chat_template import Conversation, OutputRouter
+from training.bpe_tokenizer import build_tiny_tokenizer
 
 SPEECH_SYSTEM = ("User will provide you with a speech instruction. Do it step by step. First, think about the "
                  "instruction and respond in a interleaved manner, with 13 text token followed by 26 audio tokens. ")

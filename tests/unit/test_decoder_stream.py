@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from glmvoice.audio import resample
-from glmvoice.runtime.decoder_stream import DecoderStreams, StreamResampler, StreamSettings, seam_metric
+from glmvoice.audio import StreamResampler, resample
+from glmvoice.runtime.decoder_stream import DecoderStreams, StreamSettings, seam_metric
 
 # Measured on the tiny random decoder (seed 4321), 57-100 codes, against the offline decode with the same seed:
 # relative RMS distance of the waveform 0.012 (bounded window) / 0.014 (official unbounded prompt), of the mel

@@ -228,7 +228,7 @@ def test_onnx_prefill_and_decode_match_torch(models, tmp_path):
 def test_cli_generate_text_greedy(tiny_llm_dir, capsys):
     import argparse
 
-    from glmvoice.chat import Conversation
+    from glmvoice.chat_template import Conversation
     from glmvoice.cli import generate as cli
 
     parser = argparse.ArgumentParser()

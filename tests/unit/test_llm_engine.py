@@ -8,7 +8,7 @@ import torch
 from glmvoice.models.llm_checkpoint import load_llm
 from glmvoice.runtime.generate import generate
 from glmvoice.runtime.llm_engine import EngineConfig, EngineFullError, GenerationRequest, LLMEngine, RequestError
-from glmvoice.runtime.sampling import SamplingParams
+from glmvoice.sampling import SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0)
 

@@ -3,18 +3,20 @@
 import pytest
 import torch
 
-from glmvoice.runtime.sampling import SamplingParams, apply_penalties, filter_top_k_top_p, sample
+from glmvoice.sampling import SamplingParams
+
+from glmvoice.runtime.sampling import apply_penalties, filter_top_k_top_p, make_generator, sample
 
 
 def draw(logits, params, n, seed_generator=None):
-    generator = seed_generator or params.make_generator()
+    generator = seed_generator or make_generator(params)
     return [int(sample(logits[None], [params], [generator])[0]) for _ in range(n)]
 
 
 def test_temperature_zero_is_greedy():
     logits = torch.randn(3, 500, generator=torch.Generator().manual_seed(0))
     params = [SamplingParams(temperature=0.0, seed=s) for s in range(3)]
-    out = sample(logits, params, [p.make_generator() for p in params])
+    out = sample(logits, params, [make_generator(p) for p in params])
     assert out.tolist() == logits.argmax(-1).tolist()
 
 
@@ -75,8 +77,8 @@ def test_penalties():
 def test_rows_have_their_own_parameters_and_generators():
     logits = torch.randn(3, 200, generator=torch.Generator().manual_seed(1))
     params = [SamplingParams(temperature=0), SamplingParams(temperature=1.0, seed=4), SamplingParams(top_k=1, seed=9)]
-    out = sample(logits, params, [p.make_generator() for p in params])
-    alone = sample(logits[1:2], [params[1]], [params[1].make_generator()])
+    out = sample(logits, params, [make_generator(p) for p in params])
+    alone = sample(logits[1:2], [params[1]], [make_generator(params[1])])
     assert out[0] == logits[0].argmax() and out[2] == logits[2].argmax() and out[1] == alone[0]
 
 
@@ -90,7 +92,7 @@ def test_cli_defaults_are_the_official_sampling():
     import argparse
 
     from glmvoice.cli import generate as cli
-    from glmvoice.runtime.sampling import OFFICIAL_SAMPLING
+    from glmvoice.sampling import OFFICIAL_SAMPLING
 
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)

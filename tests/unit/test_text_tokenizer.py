@@ -6,9 +6,8 @@ import json
 import pytest
 import regex
 
-from glmvoice.models.text_tokenizer import (
-    GLM4_SPECIALS, PAT_STR, TINY_CORPUS, TextTokenizer, build_tiny_tokenizer, train_bpe, write_tokenizer,
-)
+from glmvoice.models.text_tokenizer import GLM4_SPECIALS, PAT_STR, TextTokenizer
+from training.bpe_tokenizer import TINY_CORPUS, build_tiny_tokenizer, train_bpe, write_tokenizer
 
 SAMPLES = [
     "Hello, how are you today?",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from training import provenance as prov
+from glmvoice import provenance as prov
 from training.data import corpus
 from training.evaluate import gate, wer, word_errors
 

@@ -1,6 +1,7 @@
 """The LM's continued pre-training corpus: text, ASR and TTS pairs, and interleaved documents (deterministic)."""
 
-from glmvoice.models.text_tokenizer import AUDIO_BEGIN, AUDIO_END, build_tiny_tokenizer
+from glmvoice.models.text_tokenizer import AUDIO_BEGIN, AUDIO_END
+from training.bpe_tokenizer import build_tiny_tokenizer
 from training.data.interleave import Spoken, asr_sequence, interleaved_document, pretraining_sequences, tts_sequence
 from training.train_llm import batch_tensors, whole_sequences
 

@@ -9,7 +9,7 @@ import pytest
 from training import pipeline
 from training.data import corpus, spoken_arithmetic
 from training.data.tts import Voice
-from training.provenance import read_metrics, read_provenance
+from glmvoice.provenance import read_metrics, read_provenance
 from training.train_llm import LMTrainConfig
 from training.train_tokenizer import TokenizerTrainConfig
 

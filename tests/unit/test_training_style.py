@@ -7,7 +7,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from glmvoice.models.text_tokenizer import AUDIO_BEGIN, build_tiny_tokenizer
+from glmvoice.models.text_tokenizer import AUDIO_BEGIN
+from training.bpe_tokenizer import build_tiny_tokenizer
 from training.data import spoken_arithmetic, style
 from training.data.tts import espeak, espeak_phonemes
 

@@ -48,7 +48,8 @@ def _lm_run(pairs, vocab, work_dir=None, stop_at=None):
 
 
 def test_lm_trainer_learns_and_resumes_exactly(utterances, tiny_speech_tokenizer, tmp_path):
-    from glmvoice.models.text_tokenizer import AUDIO_BEGIN, AUDIO_END, build_tiny_tokenizer
+    from glmvoice.models.text_tokenizer import AUDIO_BEGIN, AUDIO_END
+    from training.bpe_tokenizer import build_tiny_tokenizer
     from training.data.interleave import assistant_turn
 
     text_tokenizer = build_tiny_tokenizer(tmp_path / "tok", audio_codebook_size=tiny_speech_tokenizer.config.quantize_vocab_size)

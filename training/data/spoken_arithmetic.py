@@ -69,7 +69,7 @@ def dialogue_pairs(text_tokenizer, examples: list[Example], question_codes: list
                    answer_codes: dict[str, list[int]]) -> list[tuple[list[int], list[int]]]:
     """(prompt, completion) LM ids in the streaming-thoughts template: the spoken question as the user's speech
     turn, the answer as interleaved text and speech ids closed by `<|user|>`."""
-    from glmvoice.chat import Conversation
+    from glmvoice.chat_template import Conversation
     from training.data.interleave import assistant_turn
 
     return [(Conversation(text_tokenizer).add_speech(codes), assistant_turn(text_tokenizer, ex.answer, answer_codes[ex.answer]))

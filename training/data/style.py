@@ -137,7 +137,7 @@ def styled_dialogue_pairs(text_tokenizer, examples: list[StyledExample], questio
     """(prompt, completion) LM ids: the instruction then the spoken question as the user's turn (serving's
     form), the styled answer as the streaming-thoughts turn closed by `<|user|>`. Codes are per example, not
     per answer text: the same text sounds different in each style."""
-    from glmvoice.chat import Conversation
+    from glmvoice.chat_template import Conversation
     from training.data.interleave import assistant_turn
 
     return [(Conversation(text_tokenizer).add_speech(question, ex.instruction),

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from training import pipeline
-    from training.provenance import read_provenance
+    from glmvoice.provenance import read_provenance
 
     if args.plan not in pipeline.PLANS:
         parser.error(f"--plan must be one of {sorted(pipeline.PLANS)}")

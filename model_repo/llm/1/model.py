@@ -11,7 +11,7 @@ import triton_python_backend_utils as pb_utils
 
 from glmvoice.models.llm_checkpoint import load_llm
 from glmvoice.runtime.llm_engine import EngineFullError, GenerationRequest, LLMEngine
-from glmvoice.runtime.sampling import OFFICIAL_SAMPLING, SamplingParams
+from glmvoice.sampling import OFFICIAL_SAMPLING, SamplingParams
 from glmvoice.runtime.serving import (
     RequestInputs, apply_cpu_threads, engine_config, model_parameters, read_version, triton_device, triton_error,
     version_dir_from_args,

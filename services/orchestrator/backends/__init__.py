@@ -21,7 +21,7 @@ from typing import AsyncIterator, Protocol
 import numpy as np
 
 from glmvoice.models.text_tokenizer import TextTokenizer
-from glmvoice.runtime.sampling import SamplingParams
+from glmvoice.sampling import SamplingParams
 
 
 @dataclass(frozen=True)

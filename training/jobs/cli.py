@@ -12,6 +12,8 @@ import os
 import sys
 
 KINDS = ("train", "evaluate", "promote")
+# Registered in pyproject's glmvoice.commands: `glmvoice jobs ...`.
+HELP = {"jobs": "submit and follow training, evaluation and promotion Jobs on Kubernetes"}
 
 
 def add_arguments(parser) -> None:

@@ -3,7 +3,8 @@
 --show prints the model's registry. promote: registers <store>/<MODEL>/<ID> (provenance.json) if new, records its evaluation (metrics.json
 with a boolean "gate"), refuses it if the gate failed, then makes it the next Triton version on every
 replica, one at a time, with a canary. rollback: the previous promoted version serves again.
-Settings come from the environment (services.promoter.promoter.PromoterSettings.from_env); flags win.
+Settings come from the environment (PromoterSettings.from_env); flags win. An entry point of the promoter,
+registered with the `glmvoice` command.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ from __future__ import annotations
 import json
 import os
 import socket
+
+# The command names this module serves, with their help (registered in pyproject's glmvoice.commands).
+HELP = {"promote": "make a checkpoint the served Triton version, one replica at a time",
+        "rollback": "serve the previously promoted version again"}
 
 
 def _default_who() -> str:

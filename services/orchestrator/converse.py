@@ -6,7 +6,7 @@ tokenizes its audio block by block while the user speaks and prefills the LM wit
 (prefill-only requests under the session id), so at end of speech only the last block is tokenized and
 only the last few ids are prefilled.
 
-Output side (`Reply`): LM ids are routed by id (glmvoice.chat.OutputRouter): text deltas to the client,
+Output side (`Reply`): LM ids are routed by id (glmvoice.chat_template.OutputRouter): text deltas to the client,
 speech codes to a decoder stream whose audio leaves, encoded as the client asked, as each block decodes.
 Barge-in (speech, a new turn, or Cancel while a reply runs) cancels the LM and decoder streams and keeps
 in the history only what the client was sent.
@@ -22,14 +22,14 @@ import time
 import numpy as np
 
 from glmvoice import audio as codecs
-from glmvoice.chat import Conversation, OutputRouter
+from glmvoice.chat_template import Conversation, OutputRouter
 from glmvoice.models.text_tokenizer import AUDIO_END
-from glmvoice.runtime.decoder_stream import StreamResampler
+from glmvoice.audio import StreamResampler
 from glmvoice.telemetry import record_spans, trace_headers
 from services.orchestrator import events as ev
 from services.orchestrator.backends import Backend, LMRequest
 from services.orchestrator.errors import InvalidInput, OrchestratorError
-from services.orchestrator.sessions import SessionRecord, SessionStore, TurnRecord
+from services.orchestrator.session_store import SessionRecord, SessionStore, TurnRecord
 from services.orchestrator.settings import Settings
 from services.orchestrator.turns import Reply, UserTurn, ms
 from services.orchestrator.vad import VadModel, VadStream

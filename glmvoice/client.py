@@ -1,0 +1,114 @@
+"""A Python client of the public gRPC API (glmvoice.v1.VoiceChat): request builders, wire framing and a
+one-turn `converse_wav`. The CLI's `chat` command, the gateway and the tests share it, so a request is built
+one way everywhere."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+FRAME_MS = 20
+
+
+def frames(samples, rate: int, encoding: str, frame_ms: int = FRAME_MS) -> list[bytes]:
+    """A mono float waveform at `rate` -> wire frames of frame_ms each, in `encoding` (LINEAR16/MULAW/ALAW)."""
+    from glmvoice.audio import encode
+
+    step = rate * frame_ms // 1000
+    return [encode(samples[i : i + step], encoding) for i in range(0, len(samples), step)]
+
+
+def config_request(
+    in_encoding: str, in_rate: int, out_encoding: str, out_rate: int, *, server_vad: bool = False,
+    session_id: str = "", style: str = "", vad_silence_ms: int = 0, **sampling,
+):
+    from glmvoice.v1 import common_pb2, voice_chat_pb2 as pb
+
+    def fmt(encoding, rate):
+        return common_pb2.AudioFormat(encoding=common_pb2.AudioEncoding.Value(f"AUDIO_ENCODING_{encoding}"), sample_rate_hz=rate)
+
+    detection = pb.TURN_DETECTION_SERVER_VAD if server_vad else pb.TURN_DETECTION_CLIENT
+    return pb.ConverseRequest(config=pb.SessionConfig(
+        input_audio=fmt(in_encoding, in_rate), output_audio=fmt(out_encoding, out_rate), turn_detection=detection,
+        session_id=session_id, style_instruction=style, vad_silence_ms=vad_silence_ms,
+        sampling=common_pb2.SamplingParams(**{k: v for k, v in sampling.items() if v is not None}),
+    ))
+
+
+@dataclass
+class Transcript:
+    """Everything a Converse stream sent back, in order."""
+
+    session_id: str = ""
+    events: list[str] = field(default_factory=list)  # oneof names in arrival order
+    text_deltas: list[str] = field(default_factory=list)
+    audio: list[bytes] = field(default_factory=list)
+    turns: list = field(default_factory=list)  # TurnEnded messages
+
+    def add(self, response) -> None:
+        kind = response.WhichOneof("event")
+        self.events.append(kind)
+        if kind == "session_started":
+            self.session_id = response.session_started.session_id
+        elif kind == "text_delta":
+            self.text_deltas.append(response.text_delta.text)
+        elif kind == "audio":
+            self.audio.append(response.audio.data)
+        elif kind == "turn_ended":
+            self.turns.append(response.turn_ended)
+
+
+def converse_wav(
+    addr: str, audio_path, *, encoding: str = "LINEAR16", rate: int = 16000, out_encoding: str = "LINEAR16",
+    out_rate: int = 22050, realtime: bool = False, server_vad: bool = False, api_key: str | None = None,
+    timeout: float = 300.0, **config,
+) -> tuple[Transcript, np.ndarray]:
+    """Streams a WAV as 20 ms frames to VoiceChat.Converse -> (everything sent back, reply waveform)."""
+    import time
+
+    import grpc
+    from glmvoice.audio import decode, read_wav, resample
+    from glmvoice.v1 import voice_chat_pb2 as pb
+    from glmvoice.v1.voice_chat_pb2_grpc import VoiceChatStub
+
+    samples, wav_rate = read_wav(audio_path)
+    wire = frames(resample(samples, wav_rate, rate), rate, encoding)
+    if server_vad:  # trailing silence lets the VAD hear the end of speech
+        wire += frames(np.zeros(rate, np.float32), rate, encoding)
+    first = config_request(encoding, rate, out_encoding, out_rate, server_vad=server_vad, **config)
+
+    def requests():
+        yield first
+        started = time.monotonic()
+        for index, frame in enumerate(wire):
+            if realtime:  # frame i leaves when its audio would have been spoken
+                time.sleep(max(0.0, started + index * FRAME_MS / 1000 - time.monotonic()))
+            yield pb.ConverseRequest(audio=pb.AudioChunk(data=frame))
+        if not server_vad:
+            yield pb.ConverseRequest(end_of_turn=pb.EndOfTurn())
+
+    metadata = [("authorization", f"Bearer {api_key}")] if api_key else None
+    transcript = Transcript()
+    with grpc.insecure_channel(addr) as channel:
+        for response in VoiceChatStub(channel).Converse(requests(), metadata=metadata, timeout=timeout):
+            transcript.add(response)
+    return transcript, decode(b"".join(transcript.audio), out_encoding)
+
+
+def summary(transcript: Transcript, reply_seconds: float) -> dict:
+    from glmvoice.v1 import voice_chat_pb2 as pb
+
+    turn = transcript.turns[-1] if transcript.turns else None
+    latency = turn.latency if turn else None
+    return {
+        "session_id": transcript.session_id,
+        "text": "".join(transcript.text_deltas),
+        "audio_seconds": round(reply_seconds, 3),
+        "reason": pb.TurnEndReason.Name(turn.reason) if turn else None,
+        "latency_ms": None if latency is None else {
+            name.removesuffix("_ms"): round(getattr(latency, name), 1) for name in
+            ("tokenize_ms", "prefill_ms", "decode_to_first_speech_ms", "speech_decode_ms", "first_audio_ms")
+        },
+        "real_time_factor": None if latency is None else round(latency.real_time_factor, 2),
+    }
