@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 APT_PACKAGES := redis-server espeak-ng sox pocketsphinx-testdata flite
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: help setup protos tiny train-tiny info engines demo up down test test-slow test-gpu test-k8s bench bench-gpu promote rollback chart-tools kube-assets chart images clean
+.PHONY: help setup lint protos tiny train-tiny info engines demo up down test test-slow test-gpu test-k8s bench bench-gpu promote rollback chart-tools kube-assets chart images clean
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -59,7 +59,12 @@ up: setup  ## Redis, Triton, orchestrator and gateway in the background (state i
 down:  ## stop what `make up` started
 	$(PY) -m services.local_stack down
 
-test: setup chart-tools kube-assets  ## README's second command: the test suite (slow and GPU suites excluded)
+lint: setup  ## ruff (lint + import order), the layering contracts (import-linter, model_repo/ruff.toml), mypy on glmvoice/
+	.venv/bin/ruff check .
+	.venv/bin/lint-imports
+	.venv/bin/mypy
+
+test: setup chart-tools kube-assets lint  ## README's second command: lint, then the test suite (slow and GPU suites excluded)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-slow: setup  ## training-quality and other long suites

@@ -23,7 +23,8 @@ def config_request(
     in_encoding: str, in_rate: int, out_encoding: str, out_rate: int, *, server_vad: bool = False,
     session_id: str = "", style: str = "", vad_silence_ms: int = 0, **sampling,
 ):
-    from glmvoice.v1 import common_pb2, voice_chat_pb2 as pb
+    from glmvoice.v1 import common_pb2
+    from glmvoice.v1 import voice_chat_pb2 as pb
 
     def fmt(encoding, rate):
         return common_pb2.AudioFormat(encoding=common_pb2.AudioEncoding.Value(f"AUDIO_ENCODING_{encoding}"), sample_rate_hz=rate)
@@ -68,6 +69,7 @@ def converse_wav(
     import time
 
     import grpc
+
     from glmvoice.audio import decode, read_wav, resample
     from glmvoice.v1 import voice_chat_pb2 as pb
     from glmvoice.v1.voice_chat_pb2_grpc import VoiceChatStub

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -36,7 +36,7 @@ class Provenance:
         if self.network not in NETWORKS:
             raise ValueError(f"network {self.network!r} not in {NETWORKS}")
 
-    def same_recipe(self, other: "Provenance") -> bool:
+    def same_recipe(self, other: Provenance) -> bool:
         """Equal in everything that determines the weights (not in when or by which code it was made)."""
         skip = {"created_at", "code_version"}
         return all(getattr(self, f.name) == getattr(other, f.name) for f in fields(self) if f.name not in skip)
@@ -58,7 +58,7 @@ def code_version() -> str:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def new_provenance(network: str, preset: str, data_recipe_hash: str, parent_checkpoint: str | None, seed: int,

@@ -50,7 +50,7 @@ class RedisServer:
         return [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
                 "--dir", str(self.directory)]
 
-    def start(self, timeout_s: float = 10.0, detach: bool = False) -> "RedisServer":
+    def start(self, timeout_s: float = 10.0, detach: bool = False) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         log = open(self.directory / "redis.log", "ab")
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=detach)

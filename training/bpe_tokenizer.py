@@ -13,14 +13,19 @@ from __future__ import annotations
 import base64
 import collections
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import regex
 
 from glmvoice.chat_template import ASSISTANT_PREFIX, SPEECH_SYSTEM_PROMPT, TEXT_SYSTEM_PROMPT
 from glmvoice.models.text_tokenizer import (
-    AUDIO_BEGIN, AUDIO_END, GLM4_SPECIALS, PAT_STR, TextTokenizer, audio_token_name,
+    AUDIO_BEGIN,
+    AUDIO_END,
+    GLM4_SPECIALS,
+    PAT_STR,
+    TextTokenizer,
+    audio_token_name,
 )
 
 MERGES = 800

@@ -16,8 +16,8 @@ and generated audio).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,7 @@ class DiscriminatorConfig:
     lrelu_slope: float = 0.1
 
     @classmethod
-    def from_name(cls, name: str) -> "DiscriminatorConfig":
+    def from_name(cls, name: str) -> DiscriminatorConfig:
         if name not in discriminator_sizes:
             raise ValueError(f"unknown discriminator size {name!r}; known: {sorted(discriminator_sizes)}")
         return cls(**discriminator_sizes[name])

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 import yaml
 
-from training.data.corpus import MANDARIN_VOICE, normalize_text
-from training.data import style as style_data
-from training.pipeline import PLANS, Plan, codes_of, decoder_items, lm_pairs, speech_data
 from glmvoice.provenance import read_provenance, write_metrics
+from training.data import style as style_data
+from training.data.corpus import MANDARIN_VOICE, normalize_text
+from training.pipeline import PLANS, Plan, codes_of, decoder_items, lm_pairs, speech_data
 
 GATE_FILE = Path(__file__).with_name("eval_gate.yaml")
 

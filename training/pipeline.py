@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from glmvoice.provenance import Provenance, new_provenance, read_provenance, write_provenance
 from training.data import corpus, spoken_arithmetic
 from training.data import style as style_data
 from training.data.corpus import Utterance
 from training.loop import save_loss_plot
-from glmvoice.provenance import Provenance, new_provenance, read_provenance, write_provenance
 from training.train_decoder import DecoderTrainConfig
 from training.train_llm import LMTrainConfig
 from training.train_tokenizer import TokenizerTrainConfig
@@ -204,7 +204,12 @@ def train_speech_tokenizer(out: str | Path, preset: str, plan: Plan, parent: str
 
 def train_speech_decoder(out: str | Path, preset: str, plan: Plan, tokenizer_dir: str | Path,
                          parent: str | Path | None = None, device: str = "cpu") -> Path:
-    from glmvoice.models.speech_decoder import DecoderConfig, build_speech_decoder, load_speech_decoder, save_speech_decoder
+    from glmvoice.models.speech_decoder import (
+        DecoderConfig,
+        build_speech_decoder,
+        load_speech_decoder,
+        save_speech_decoder,
+    )
     from glmvoice.runtime.tokenizer_stream import load_speech_tokenizer
     from training import train_decoder as td
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from training import pipeline
 from glmvoice.provenance import METRICS_NAME, PROVENANCE_NAME, read_metrics
+from training import pipeline
 
 LAYOUT = {"speech_tokenizer": "glm-4-voice-tokenizer", "llm": "glm-4-voice-9b", "speech_decoder": "glm-4-voice-decoder"}
 

@@ -26,18 +26,25 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from glmvoice.audio import mel_filter_bank, resample
+from glmvoice.audio import resample
+from glmvoice.models.mel import mel_filter_bank
 from glmvoice.models.speech_decoder import SpeechDecoder
-from training.discriminators import (DiscriminatorConfig, DiscriminatorOutput, HiFTDiscriminator, discriminator_loss,
-                                     feature_matching_loss, generator_adversarial_loss)
+from training.discriminators import (
+    DiscriminatorConfig,
+    DiscriminatorOutput,
+    HiFTDiscriminator,
+    discriminator_loss,
+    feature_matching_loss,
+    generator_adversarial_loss,
+)
 from training.loop import cosine_warmup, run_steps
 
 MEL_N_FFT, MEL_F_MAX = 1024, 8000.0  # CosyVoice's feature extractor (the rate and hop come from the config)

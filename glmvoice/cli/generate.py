@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-
 # The official demo's sampling (glmvoice.runtime.sampling.OFFICIAL_SAMPLING), repeated here so that
 # building the parser does not import torch.
 OFFICIAL_TEMPERATURE, OFFICIAL_TOP_P = 0.2, 0.8

@@ -45,9 +45,8 @@ def parse_codes(text: str) -> list[int]:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from glmvoice.audio import resample, write_wav
+    from glmvoice.audio import OUTPUT_RATES, resample, write_wav
     from glmvoice.models.speech_decoder import load_speech_decoder
-    from glmvoice.audio import OUTPUT_RATES
     from glmvoice.runtime.decoder_stream import DecoderStreams, StreamSettings
 
     if args.tokens_file is not None and not args.tokens_file.is_file():
@@ -71,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         chunks = []
         with streams.stream("cli", seed=args.seed, output_rate=args.rate) as stream:
             for i in range(0, len(codes), streams.block_size):
-                chunks.append(stream.feed(codes[i : i + streams.block_size]))
+                chunks.append(stream.push(codes[i : i + streams.block_size]))
                 if first_audio is None and len(chunks[-1]):
                     first_audio = time.perf_counter() - start
             chunks.append(stream.finalize())

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
+
+M = TypeVar("M", bound=torch.nn.Module)
 
 
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def build_on_meta(factory: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+def build_on_meta(factory: Callable[[], M]) -> M:
     """Builds a module without allocating memory, so real-size presets can be counted anywhere."""
     with torch.device("meta"):
         return factory()

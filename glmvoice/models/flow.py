@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,7 @@ class FlowConfig:
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
 
     @classmethod
-    def from_name(cls, name: str) -> "FlowConfig":
+    def from_name(cls, name: str) -> FlowConfig:
         if name not in transformer_configs:
             raise ValueError(f"unknown flow preset {name!r}; known: {sorted(transformer_configs)}")
         return from_dict(transformer_configs[name])
@@ -99,7 +100,7 @@ class InterpolateRegulator(nn.Module):
         x = torch.gather(h, 1, idx.unsqueeze(-1).expand(-1, -1, h.shape[-1])).transpose(1, 2)
         mask = (torch.arange(t_out, device=h.device)[None, :] < mel_lens[:, None]).unsqueeze(1).to(h.dtype)
         for i in range(0, len(self.model) - 1, 3):
-            x = F.mish(masked_group_norm(self.model[i](x * mask), mask, self.model[i + 1]))
+            x = F.mish(masked_group_norm(self.model[i](x * mask), mask, cast(nn.GroupNorm, self.model[i + 1])))
         return self.model[-1](x * mask) * mask
 
 

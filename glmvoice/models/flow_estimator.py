@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +70,7 @@ class Block1D(nn.Module):
         self.block = nn.ModuleList([nn.Conv1d(dim, dim_out, 3, padding=1), nn.GroupNorm(groups, dim_out)])
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = masked_group_norm(self.block[0](x * mask), mask, self.block[1])
+        h = masked_group_norm(self.block[0](x * mask), mask, cast(nn.GroupNorm, self.block[1]))
         return F.mish(h) * mask
 
 
@@ -157,6 +158,12 @@ class Upsample1D(nn.Module):
         return self.conv(x)
 
 
+def _modules(stage: nn.Module) -> list[Any]:
+    """A U-Net stage's modules [resnet, transformers, (down | up)]; stages are ModuleLists to keep the
+    published key layout (down_blocks.0.1.0...), which the type checker cannot see through."""
+    return list(cast(nn.ModuleList, stage))
+
+
 class ConditionalDecoder(nn.Module):
     def __init__(self, cfg: EstimatorConfig):
         super().__init__()
@@ -203,7 +210,8 @@ class ConditionalDecoder(nn.Module):
         temb = self.time_mlp(timestep_embedding(t, self.cfg.in_channels))
         h = torch.cat([x, mu, spks.unsqueeze(-1).expand(-1, -1, x.shape[-1]), cond], dim=1)
         skips, masks = [], [mask]
-        for resnet, blocks, down in self.down_blocks:
+        for stage in self.down_blocks:
+            resnet, blocks, down = _modules(stage)
             m = masks[-1]
             h = self._transformers(blocks, resnet(h, m, temb), m)
             skips.append(h)
@@ -211,9 +219,11 @@ class ConditionalDecoder(nn.Module):
             masks.append(m[:, :, ::2])
         masks = masks[:-1]
         m = masks[-1]
-        for resnet, blocks in self.mid_blocks:
+        for stage in self.mid_blocks:
+            resnet, blocks = _modules(stage)
             h = self._transformers(blocks, resnet(h, m, temb), m)
-        for resnet, blocks, up in self.up_blocks:
+        for stage in self.up_blocks:
+            resnet, blocks, up = _modules(stage)
             m = masks.pop()
             skip = skips.pop()
             h = torch.cat([h[:, :, : skip.shape[-1]], skip], dim=1)

@@ -44,7 +44,7 @@ class HiFTConfig:
     f0_layers: int = 5
 
     @classmethod
-    def from_name(cls, name: str) -> "HiFTConfig":
+    def from_name(cls, name: str) -> HiFTConfig:
         if name not in transformer_configs:
             raise ValueError(f"unknown HiFT preset {name!r}; known: {sorted(transformer_configs)}")
         return cls(**transformer_configs[name])
@@ -153,6 +153,10 @@ def reflect_pad(x: torch.Tensor, lengths: torch.Tensor, pad: int) -> torch.Tenso
 
 
 class HiFT(nn.Module):
+    stft_kernel: torch.Tensor  # buffers: STFT / iSTFT as convolutions
+    istft_kernel: torch.Tensor
+    window_sq: torch.Tensor
+
     def __init__(self, cfg: HiFTConfig):
         super().__init__()
         self.cfg = cfg

@@ -8,6 +8,7 @@ untied output layer. A static KV cache (`setup_caches`) serves prefill and one-t
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -42,13 +43,13 @@ class GLMConfig:
         return 2 * self.n_layer * self.n_local_heads * self.head_dim * 2
 
     @classmethod
-    def from_name(cls, name: str, **overrides) -> "GLMConfig":
+    def from_name(cls, name: str, **overrides) -> GLMConfig:
         if name not in transformer_configs:
             raise ValueError(f"unknown LM preset {name!r}; known: {sorted(transformer_configs)}")
         return replace(cls(**transformer_configs[name]), **overrides)
 
 
-transformer_configs = {
+transformer_configs: dict[str, dict[str, Any]] = {
     "glm-4-voice": dict(
         n_layer=40, dim=4096, n_head=32, n_local_heads=2, head_dim=128, intermediate_size=13696,
         vocab_size=168960, block_size=8192, norm_eps=3.90625e-08, rope_ratio=1.0,
@@ -68,6 +69,9 @@ def pad_vocab(size: int, multiple: int = 128) -> int:
 
 class KVCache(nn.Module):
     """Static cache: positions are written in place, attention reads the whole buffer under a mask."""
+
+    k_cache: torch.Tensor  # [B, H_kv, S, D] buffers (declared for the type checker)
+    v_cache: torch.Tensor
 
     def __init__(self, max_batch_size: int, max_seq_length: int, n_heads: int, head_dim: int, dtype: torch.dtype):
         super().__init__()
@@ -186,6 +190,9 @@ class TransformerBlock(nn.Module):
 
 
 class Transformer(nn.Module):
+    rope: torch.Tensor  # [S, R/2, 2] buffer, made by setup_caches
+    causal_mask: torch.Tensor  # [S, S] buffer, made by setup_caches
+
     def __init__(self, config: GLMConfig):
         super().__init__()
         self.config = config

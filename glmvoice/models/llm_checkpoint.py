@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from glmvoice.models.common import build_on_meta, load_safetensors, save_safetensors_sharded
-from glmvoice.models.llm import GLMConfig, Transformer, pad_vocab
+from glmvoice.models.llm import GLMConfig, Transformer
 from glmvoice.models.text_tokenizer import TextTokenizer
 
 SHARD_PATTERN = "model-{:05d}-of-{:05d}.safetensors"

@@ -11,13 +11,15 @@ norm (`weight_g`/`weight_v`, or the newer `parametrizations.weight.original0/1`)
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
 import yaml
+from torch import nn
 
 from glmvoice.models.common import build_on_meta, count_parameters
 from glmvoice.models.flow import Flow, FlowConfig
@@ -43,12 +45,16 @@ class _Ref:
 
 def _construct_tagged(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
     tag = "!" + suffix
-    if tag == "!ref":
-        return _Ref(loader.construct_scalar(node))
+    if tag == "!ref" and not isinstance(node, yaml.ScalarNode):
+        raise yaml.constructor.ConstructorError(None, None, "!ref takes a name", node.start_mark)
     if isinstance(node, yaml.MappingNode):
         return {TAG: tag, **loader.construct_mapping(node, deep=True)}
     if isinstance(node, yaml.SequenceNode):
         return {TAG: tag, "args": loader.construct_sequence(node, deep=True)}
+    if not isinstance(node, yaml.ScalarNode):
+        raise yaml.constructor.ConstructorError(None, None, f"unexpected YAML node for {tag}", node.start_mark)
+    if tag == "!ref":
+        return _Ref(loader.construct_scalar(node))
     return {TAG: tag, "args": loader.construct_scalar(node)}
 
 
@@ -82,11 +88,11 @@ class DecoderConfig:
     hift: HiFTConfig
 
     @classmethod
-    def from_name(cls, name: str) -> "DecoderConfig":
+    def from_name(cls, name: str) -> DecoderConfig:
         return cls(FlowConfig.from_name(name), HiFTConfig.from_name(name))
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "DecoderConfig":
+    def from_yaml(cls, path: str | Path) -> DecoderConfig:
         return config_from_document(read_hyperpyyaml(path))
 
 
@@ -347,7 +353,7 @@ class SpeechDecoder:
         return positional_noise(seed, NOISE_AUDIO, start, stop, h, AUDIO_NOISE_CHUNK).to(self.device)
 
     @torch.inference_mode()
-    def decode_mel(self, codes: Sequence[int], seed: int = 0, n_steps: int | None = None, cfg_rate: float | None = None) -> torch.Tensor:
+    def decode_mel(self, codes: Sequence[int] | np.ndarray, seed: int = 0, n_steps: int | None = None, cfg_rate: float | None = None) -> torch.Tensor:
         codes = self.check_codes(codes)
         frames = self.flow.cfg.mel_frames(len(codes))
         if frames == 0:
@@ -412,7 +418,7 @@ def speech_decoder_info(config: str | Path | DecoderConfig) -> dict:
     flow = build_on_meta(lambda: Flow(cfg.flow))
     hift = build_on_meta(lambda: HiFT(cfg.hift))
     hift_published = count_parameters(hift) + sum(
-        hift.get_submodule(name).weight.shape[0] for name in weight_normed_convs(hift)
+        cast(nn.Conv1d, hift.get_submodule(name)).weight.shape[0] for name in weight_normed_convs(hift)
     )
     return {
         "flow_parameters": count_parameters(flow),

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -93,13 +95,13 @@ class SpeechTokenizerConfig:
         return self.chunk_length * self.sampling_rate
 
     @classmethod
-    def from_name(cls, name: str) -> "SpeechTokenizerConfig":
+    def from_name(cls, name: str) -> SpeechTokenizerConfig:
         if name not in transformer_configs:
             raise ValueError(f"unknown speech tokenizer preset {name!r}; choose from {sorted(transformer_configs)}")
         return cls(**transformer_configs[name])
 
 
-transformer_configs = {
+transformer_configs: dict[str, dict[str, Any]] = {
     # Whisper-large-v3 encoder cut after 16 of 32 layers (glm-4-voice-tokenizer config.json).
     "glm-4-voice": dict(),
     # Random-weight stand-in for tests: same structure, 0.8 s attention blocks so short clips span several.
@@ -111,7 +113,7 @@ transformer_configs = {
 
 CONV_STRIDE = 2  # conv1 stride 1 x conv2 stride 2: 100 Hz mel -> 50 Hz encoder frames
 CONV_KERNEL = 3
-POOLING = {"avg": F.avg_pool1d, "max": F.max_pool1d}
+POOLING: dict[str, Callable[[Tensor, int], Tensor]] = {"avg": F.avg_pool1d, "max": F.max_pool1d}
 
 
 def block_causal_mask(valid: Tensor, block: int | None, offset: int = 0) -> Tensor:
@@ -183,6 +185,9 @@ class EncoderCache:
 
 
 class SpeechTokenizerModel(nn.Module):
+    ema_count: Tensor  # [codebook] EMA buffers, as published
+    ema_weight: Tensor  # [codebook, C]
+
     def __init__(self, config: SpeechTokenizerConfig):
         super().__init__()
         self.config = config
@@ -250,10 +255,11 @@ class SpeechTokenizerModel(nn.Module):
 
     def _mask(self, valid: Tensor, block: int | None, offset: int, cache: EncoderCache | None, layer: int) -> Tensor:
         mask = block_causal_mask(valid, block, offset)
-        if cache is None or layer >= len(cache.kv) or cache.kv[layer] is None:
+        past = cache.kv[layer] if cache is not None and layer < len(cache.kv) else None
+        if past is None:
             return mask
         # Earlier chunks ended on block boundaries and were never padding: every cached frame is visible.
-        seen = cache.kv[layer][0].shape[2]
+        seen = past[0].shape[2]
         return torch.cat([mask.new_ones(*mask.shape[:3], seen), mask], dim=3)
 
     def forward(self, mel: Tensor, frame_mask: Tensor) -> Tensor:

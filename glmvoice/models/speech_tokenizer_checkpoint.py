@@ -13,7 +13,12 @@ from safetensors.torch import save_file
 
 from glmvoice.models.common import build_on_meta, load_safetensors
 from glmvoice.models.speech_tokenizer import (
-    CONFIG_NAME, PREPROCESSOR_NAME, SpeechTokenizerConfig, SpeechTokenizerModel, config_json, preprocessor_json,
+    CONFIG_NAME,
+    PREPROCESSOR_NAME,
+    SpeechTokenizerConfig,
+    SpeechTokenizerModel,
+    config_json,
+    preprocessor_json,
     read_speech_tokenizer_config,
 )
 

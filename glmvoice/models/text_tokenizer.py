@@ -53,7 +53,7 @@ class TextTokenizer:
         self.audio_codebook_size = len(audio)
 
     @classmethod
-    def from_directory(cls, directory: str | Path) -> "TextTokenizer":
+    def from_directory(cls, directory: str | Path) -> TextTokenizer:
         directory = Path(directory)
         ranks: dict[bytes, int] = {}
         for line in (directory / "tokenizer.model").read_text().splitlines():

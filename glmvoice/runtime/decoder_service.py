@@ -11,9 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from glmvoice.runtime.idle import ExpiringStreams, UnknownStreamError
 from glmvoice.runtime.decoder_stream import DecoderStreams
-
+from glmvoice.runtime.idle import ExpiringStreams, UnknownStreamError
 
 
 @dataclass
@@ -47,13 +46,16 @@ class DecoderService(ExpiringStreams):
             except (ValueError, KeyError) as exc:
                 results[index] = exc if isinstance(exc, ValueError) else UnknownStreamError(str(exc))
         ending = [sid for sid, i in live.items() if items[i].end]
+        chunks: dict[str, list[np.ndarray]] = {sid: [] for sid in live}
         while True:
             produced = self.streams.run(list(live), final=ending)
             if not produced:
                 break
             for sid, audio in produced.items():
                 if audio.size:
-                    results[live[sid]].append(audio)
+                    chunks[sid].append(audio)
+        for sid, index in live.items():
+            results[index] = chunks[sid]
         for sid in ending:
             self.close(sid)
         return results
@@ -62,7 +64,7 @@ class DecoderService(ExpiringStreams):
         if item.start:
             self.close(item.stream_id)  # a restarted stream begins afresh
             self.streams.open(item.stream_id, seed=item.seed, output_rate=item.output_rate)
-        elif item.stream_id not in self.streams.states:
+        elif item.stream_id not in self.streams:
             raise UnknownStreamError(f"no open decoder stream {item.stream_id!r}: start it first")
         self.clock.touch(item.stream_id)
         try:
@@ -76,4 +78,4 @@ class DecoderService(ExpiringStreams):
 
     @property
     def open_streams(self) -> int:
-        return len(self.streams.states)
+        return len(self.streams)

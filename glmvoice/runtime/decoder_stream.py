@@ -20,15 +20,16 @@ call (the models are padding-exact, so batched output equals unbatched output).
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from glmvoice.audio import OUTPUT_RATES, StreamResampler
 from glmvoice.models.speech_decoder import SpeechDecoder, harmonic_phases
+from glmvoice.runtime.streams import StreamRegistry
+
 
 @dataclass(frozen=True)
 class StreamSettings:
@@ -76,6 +77,12 @@ class DecoderStreamState:
         fresh.mel_record = None if self.mel_record is None else []
         self.__dict__.update(fresh.__dict__)
 
+    def vocoder_mel(self) -> torch.Tensor:
+        """[80, n] final frames from voc_start on; set once the vocoder has been given its first frames."""
+        if self.voc_mel is None:
+            raise RuntimeError(f"decoder stream {self.stream_id!r} has no frames for the vocoder yet")
+        return self.voc_mel
+
     def recorded_mel(self) -> torch.Tensor:
         """[80, frames] final mel so far (needs record_mel=True at open)."""
         if self.mel_record is None:
@@ -84,25 +91,30 @@ class DecoderStreamState:
 
 
 class DecoderStream:
-    """Handle on one open stream: `feed` codes, get audio; `finalize` flushes the tail."""
+    """One open reply (the runtime's Stream protocol): `push` codes, get the audio of every full block;
+    `finalize` flushes the tail; `reset` starts a new reply under the same id, seed and output rate."""
 
-    def __init__(self, streams: "DecoderStreams", stream_id: str):
-        self.streams, self.stream_id = streams, stream_id
+    def __init__(self, streams: DecoderStreams, state: DecoderStreamState):
+        self.streams, self.state = streams, state
+        self.stream_id = state.stream_id
 
-    @property
-    def state(self) -> DecoderStreamState:
-        return self.streams.states[self.stream_id]
-
-    def feed(self, codes: Sequence[int]) -> np.ndarray:
+    def push(self, codes: Sequence[int]) -> np.ndarray:
         self.streams.feed(self.stream_id, codes)
         return self.streams.drain(self.stream_id)
 
     def finalize(self) -> np.ndarray:
         return self.streams.finalize(self.stream_id)
 
+    def reset(self) -> None:
+        self.state.reset()
 
-class DecoderStreams:
+
+class DecoderStreams(StreamRegistry[DecoderStream]):
+    """Open replies by id. Besides each stream's own `push`, `feed` + `run` decode one block of many streams
+    in one batched call (how the services batch concurrent replies)."""
+
     def __init__(self, decoder: SpeechDecoder, settings: StreamSettings = StreamSettings()):
+        super().__init__()
         self.decoder = decoder
         self.settings = settings
         self.block_size = settings.block_size or decoder.block_size
@@ -116,27 +128,17 @@ class DecoderStreams:
         self._hop = decoder.hift.cfg.samples_per_frame
         self._harmonics = decoder.hift.cfg.nb_harmonics + 1
 
-    def open(self, stream_id: str, seed: int = 0, output_rate: int | None = None, record_mel: bool = False) -> DecoderStreamState:
-        if stream_id in self.states:
-            raise ValueError(f"decoder stream {stream_id!r} is already open")
+    def _new(
+        self, stream_id: str, seed: int = 0, output_rate: int | None = None, record_mel: bool = False
+    ) -> DecoderStream:
         if output_rate is not None and output_rate not in OUTPUT_RATES:
             raise ValueError(f"output rate {output_rate} not supported; choose one of {OUTPUT_RATES}")
         state = DecoderStreamState(stream_id, seed, output_rate, mel_record=[] if record_mel else None)
         self.states[stream_id] = state
-        return state
+        return DecoderStream(self, state)
 
-    def close(self, stream_id: str) -> None:
-        self.states.pop(stream_id, None)
-
-    @contextmanager
-    def stream(
-        self, stream_id: str, seed: int = 0, output_rate: int | None = None, record_mel: bool = False
-    ) -> Iterator[DecoderStream]:
-        self.open(stream_id, seed, output_rate, record_mel)
-        try:
-            yield DecoderStream(self, stream_id)
-        finally:
-            self.close(stream_id)
+    def _released(self, stream_id: str) -> None:
+        del self.states[stream_id]
 
     def feed(self, stream_id: str, codes: Sequence[int]) -> None:
         state = self._state(stream_id)
@@ -234,6 +236,7 @@ class DecoderStreams:
             length = region_lens[i]
             mu[i, :, :length] = mu_all[i, :, region_lo - mel_lo : mel_hi - mel_lo]
             if prompt:
+                assert state.mel_final_tail is not None  # a prompt is only planned from final frames
                 cond[i, :, :prompt] = state.mel_final_tail[:, -prompt:]
             noise[i, :, :length] = dec.mel_noise(state.seed, region_lo, mel_hi)
         mel = dec.flow.sample(mu, torch.tensor(region_lens, device=device), cond, noise, s.n_steps, s.cfg_rate)
@@ -287,14 +290,14 @@ class DecoderStreams:
                 results[state.stream_id], state.audio_tail = state.audio_tail, None
         if active:
             n = len(active)
-            lens = [state.voc_mel.shape[-1] for state, *_ in active]
+            lens = [state.vocoder_mel().shape[-1] for state, *_ in active]
             t = max(lens)
             mel = torch.zeros(n, self._mel_bins, t, device=device)
             noise = torch.zeros(n, self._harmonics, t * hop, device=device)
             phase0 = torch.zeros(n, self._harmonics, device=device)
             rand_phase = torch.stack([harmonic_phases(state.seed, self._harmonics - 1) for state, *_ in active]).to(device)
             for i, (state, end, _, _) in enumerate(active):
-                mel[i, :, : lens[i]] = state.voc_mel
+                mel[i, :, : lens[i]] = state.vocoder_mel()
                 noise[i, :, : lens[i] * hop] = dec.audio_noise(state.seed, state.voc_start * hop, end * hop)
                 if state.voc_cycles is not None:
                     phase0[i] = state.voc_cycles
@@ -322,7 +325,7 @@ class DecoderStreams:
         new_start = max(emit_to - s.vocoder_context, 0)
         if new_start > state.voc_start:
             state.voc_cycles = cycles[:, (new_start - state.voc_start) * hop - 1].clone()
-            state.voc_mel = state.voc_mel[:, new_start - state.voc_start :]
+            state.voc_mel = state.vocoder_mel()[:, new_start - state.voc_start :]
             state.voc_start = new_start
         state.voc_done = emit_to
         return out

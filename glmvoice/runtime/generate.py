@@ -6,14 +6,14 @@ runtime.sampling); this loop is the simple reference path used by the CLI and te
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 from glmvoice.models.llm import Transformer
-from glmvoice.sampling import SamplingParams
 from glmvoice.runtime.sampling import make_generator, sample
+from glmvoice.sampling import SamplingParams
 
 
 @dataclass
@@ -30,7 +30,7 @@ def generate(
     max_new_tokens: int,
     stop_ids=(),
     params: SamplingParams = SamplingParams(temperature=0.0),
-    on_token: Callable[[int], None] | None = None,
+    on_token: Callable[[int], object] | None = None,
 ) -> GenerationResult:
     """on_token(id) is called for every produced id as soon as it is sampled, the stop id included."""
     if not prompt_ids:
@@ -49,7 +49,7 @@ def generate(
 
     prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # [1, T]
     logits = model.prefill(prompt, torch.arange(len(prompt_ids), device=device))  # [1, V]
-    seen, generated = list(prompt_ids), []
+    seen, generated = list(prompt_ids), list[int]()
     for step in range(max_new_tokens):
         next_id = int(sample(logits, [params], [generator], [seen], [generated])[0])
         if on_token is not None:

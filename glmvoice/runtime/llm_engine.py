@@ -19,14 +19,13 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
-from glmvoice.sampling import SamplingParams
-
 from glmvoice.runtime.sampling import make_generator, sample
+from glmvoice.sampling import SamplingParams
 
 
 class EngineFullError(RuntimeError):
@@ -173,7 +172,7 @@ class LLMEngine:
         """The engine thread is running (a health check for in-process serving)."""
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self) -> "LLMEngine":
+    def start(self) -> LLMEngine:
         self._running = True
         self._thread = threading.Thread(target=self._loop, name="llm-engine", daemon=True)
         self._thread.start()

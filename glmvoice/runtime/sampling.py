@@ -10,6 +10,7 @@ import torch
 
 from glmvoice.sampling import SamplingParams
 
+
 def make_generator(params: SamplingParams, device: str | torch.device = "cpu") -> torch.Generator:
     """The row's own random stream: seeded when the request gives a seed, else from the OS."""
     generator = torch.Generator(device=device)

@@ -8,6 +8,7 @@ result holds the exception, and the other requests of the batch are served.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +16,6 @@ import numpy as np
 from glmvoice.audio import AudioFormatError, check_waveform
 from glmvoice.runtime.idle import ExpiringStreams, UnknownStreamError
 from glmvoice.runtime.tokenizer_stream import SpeechTokenizer, TokenizerStreams
-
 
 
 @dataclass
@@ -47,6 +47,7 @@ class TokenizerService(ExpiringStreams):
             except (ValueError, AudioFormatError) as exc:
                 results[index] = exc
         for rate, indices in whole.items():
+            codes: Sequence[list[int] | Exception]
             try:
                 codes = self.tokenizer.tokenize_batch([items[i].audio for i in indices], rate)
             except (ValueError, AudioFormatError) as exc:
@@ -61,7 +62,7 @@ class TokenizerService(ExpiringStreams):
             raise AudioFormatError(f"streams must send {model_rate} Hz audio, got {item.sample_rate} Hz")
         if item.start:
             self.streams.close(item.stream_id)  # a restarted stream begins afresh
-            self.streams.create(item.stream_id)
+            self.streams.open(item.stream_id)
         elif item.stream_id not in self.streams:
             raise UnknownStreamError(f"no open tokenizer stream {item.stream_id!r}: start it first")
         self.clock.touch(item.stream_id)

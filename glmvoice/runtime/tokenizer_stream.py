@@ -16,16 +16,17 @@ loudest frame falls in the first unit, and otherwise differ only where frames ar
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from glmvoice.audio import check_waveform, log10_mel_frames, resample, whisper_normalize
+from glmvoice.audio import check_waveform, resample
+from glmvoice.models.mel import log10_mel_frames, whisper_normalize
 from glmvoice.models.speech_tokenizer import CONV_STRIDE, EncoderCache, SpeechTokenizerModel
 from glmvoice.models.speech_tokenizer_checkpoint import load_speech_tokenizer_model
+from glmvoice.runtime.streams import StreamRegistry
 
 MEL_FLOORS = ("utterance", "causal")
 DYNAMIC_RANGE = 8.0  # decades of log10 power kept below the loudest value (Whisper)
@@ -104,7 +105,7 @@ class SpeechTokenizer:
     def tokenize(self, samples: np.ndarray, sample_rate: int, mel_floor: str = "utterance") -> list[int]:
         return self.tokenize_batch([samples], sample_rate, mel_floor)[0]
 
-    def open_stream(self, stream_id: str = "") -> "TokenizerStream":
+    def open_stream(self, stream_id: str = "") -> TokenizerStream:
         return TokenizerStream(self, stream_id)
 
 
@@ -115,7 +116,8 @@ def load_speech_tokenizer(directory, device: str | torch.device = "cpu") -> Spee
 
 @dataclass
 class TokenizerStream:
-    """One speaker's stream: audio at the model rate (16 kHz) in, codes out as attention blocks complete."""
+    """One speaker's stream (the runtime's Stream protocol): audio at the model rate (16 kHz) `push`ed in,
+    codes out as attention blocks complete; `finalize` encodes the tail."""
 
     tokenizer: SpeechTokenizer
     stream_id: str = ""
@@ -126,7 +128,7 @@ class TokenizerStream:
     cache: EncoderCache = field(init=False, repr=False)
 
     def __post_init__(self):
-        self.tokenizer.unit_mel_frames  # fails early for a tokenizer that cannot stream
+        _ = self.tokenizer.unit_mel_frames  # fails early for a tokenizer that cannot stream
         self.reset()
 
     def reset(self) -> None:
@@ -197,36 +199,12 @@ class TokenizerStream:
         return self.tokenizer.model.encode_chunk(mel[None].to(device), self.cache, frame_mask)[0].tolist()
 
 
-class TokenizerStreams:
-    """Open streams keyed by stream id; `with streams.open(id) as s:` closes (forgets) it on exit."""
+class TokenizerStreams(StreamRegistry[TokenizerStream]):
+    """Open speakers' streams by id (the runtime's Stream protocol)."""
 
     def __init__(self, tokenizer: SpeechTokenizer):
+        super().__init__()
         self.tokenizer = tokenizer
-        self._streams: dict[str, TokenizerStream] = {}
 
-    def create(self, stream_id: str) -> TokenizerStream:
-        """Opens a stream that lives until `close` (servers whose streams span many requests)."""
-        if stream_id in self._streams:
-            raise ValueError(f"tokenizer stream {stream_id!r} is already open")
-        self._streams[stream_id] = stream = TokenizerStream(self.tokenizer, stream_id)
-        return stream
-
-    def close(self, stream_id: str) -> None:
-        self._streams.pop(stream_id, None)
-
-    @contextmanager
-    def open(self, stream_id: str) -> Iterator[TokenizerStream]:
-        stream = self.create(stream_id)
-        try:
-            yield stream
-        finally:
-            self.close(stream_id)
-
-    def __getitem__(self, stream_id: str) -> TokenizerStream:
-        return self._streams[stream_id]
-
-    def __contains__(self, stream_id: str) -> bool:
-        return stream_id in self._streams
-
-    def __len__(self) -> int:
-        return len(self._streams)
+    def _new(self, stream_id: str) -> TokenizerStream:
+        return TokenizerStream(self.tokenizer, stream_id)

@@ -16,13 +16,13 @@ class GatewaySettings:
     max_body_bytes: int = 20 * 1024 * 1024  # a 10-minute 16 kHz WAV fits
     request_timeout_s: float = 300.0
 
-    def check(self) -> "GatewaySettings":
+    def check(self) -> GatewaySettings:
         if not self.orchestrator_addr:
             raise ValueError("ORCHESTRATOR_ADDR (--orchestrator-addr host:port) is required")
         return self
 
     @classmethod
-    def from_args(cls, argv: list[str] | None, environ: dict[str, str]) -> "GatewaySettings":
+    def from_args(cls, argv: list[str] | None, environ: dict[str, str]) -> GatewaySettings:
         parser = argparse.ArgumentParser(prog="python -m services.gateway", description="glmvoice HTTP gateway")
         parser.add_argument("--orchestrator-addr", default=environ.get("ORCHESTRATOR_ADDR", ""))
         parser.add_argument("--http-port", type=int, default=int(environ.get("HTTP_PORT", "8080")))

@@ -20,7 +20,7 @@ class ApiKeys:
         self.keys = None if keys is None else [k for k in keys if k]
 
     @classmethod
-    def from_file(cls, path: Path | None) -> "ApiKeys":
+    def from_file(cls, path: Path | None) -> ApiKeys:
         if path is None:
             return cls(None)
         return cls([line.strip() for line in Path(path).read_text().splitlines() if line.strip() and not line.startswith("#")])

@@ -22,9 +22,9 @@ import time
 import numpy as np
 
 from glmvoice import audio as codecs
+from glmvoice.audio import StreamResampler
 from glmvoice.chat_template import Conversation, OutputRouter
 from glmvoice.models.text_tokenizer import AUDIO_END
-from glmvoice.audio import StreamResampler
 from glmvoice.telemetry import record_spans, trace_headers
 from services.orchestrator import events as ev
 from services.orchestrator.backends import Backend, LMRequest

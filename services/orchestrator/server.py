@@ -18,15 +18,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from glmvoice import audio as codecs
-from glmvoice.models.text_tokenizer import TextTokenizer
 from glmvoice.audio import OUTPUT_RATES
+from glmvoice.models.text_tokenizer import TextTokenizer
 from glmvoice.sampling import OFFICIAL_SAMPLING, SamplingParams
 from glmvoice.telemetry import Metrics, extract_trace
-from glmvoice.v1 import common_pb2, voice_chat_pb2 as pb
+from glmvoice.v1 import common_pb2
+from glmvoice.v1 import voice_chat_pb2 as pb
 from services.orchestrator import events as ev
 from services.orchestrator.auth import ApiKeys
-from services.orchestrator.errors import BackendUnavailable, ErrorInterceptor, Exhausted, InvalidInput
 from services.orchestrator.converse import ConverseSession
+from services.orchestrator.errors import BackendUnavailable, ErrorInterceptor, Exhausted, InvalidInput
 from services.orchestrator.session_store import SessionRecord, SessionStore, new_session_id
 from services.orchestrator.settings import Settings
 from services.orchestrator.vad import VadModel
@@ -312,7 +313,7 @@ class OrchestratorThread:
     thread: threading.Thread
 
     @classmethod
-    def start(cls, settings: Settings, timeout_s: float = 180.0, metrics: Metrics | None = None, tracer=None) -> "OrchestratorThread":
+    def start(cls, settings: Settings, timeout_s: float = 180.0, metrics: Metrics | None = None, tracer=None) -> OrchestratorThread:
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, name="orchestrator", daemon=True)
         thread.start()

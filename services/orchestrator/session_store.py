@@ -36,7 +36,7 @@ class SessionRecord:
         return json.dumps(asdict(self), separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, raw: str | bytes) -> "SessionRecord":
+    def from_json(cls, raw: str | bytes) -> SessionRecord:
         data = json.loads(raw)
         return cls(data["session_id"], data["owner"], data["ids"], [TurnRecord(**t) for t in data["turns"]])
 

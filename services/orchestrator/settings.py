@@ -58,7 +58,7 @@ class Settings:
             raise SettingsError("CHECKPOINTS (--checkpoints) is not set")
         return self.checkpoints / CHECKPOINT_DIRS[network]
 
-    def check(self) -> "Settings":
+    def check(self) -> Settings:
         """Fails with a clear message when a dependency this backend needs is not configured."""
         if self.backend not in BACKENDS:
             raise SettingsError(f"BACKEND must be one of {BACKENDS}, got {self.backend!r}")
@@ -83,7 +83,7 @@ class Settings:
         return self
 
     @classmethod
-    def from_args(cls, argv: list[str] | None, environ: dict[str, str]) -> "Settings":
+    def from_args(cls, argv: list[str] | None, environ: dict[str, str]) -> Settings:
         """Flags win over the environment, the environment over the defaults."""
         parser = argparse.ArgumentParser(prog="python -m services.orchestrator", description="glmvoice orchestrator")
         for name, env_name in ENVIRONMENT.items():

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-
 from services.orchestrator.backends import TokenizerSession
 
 if TYPE_CHECKING:
@@ -25,7 +24,7 @@ class UserTurn:
 
     One worker task handles the blocks in order, so the requests a turn makes do not depend on timing."""
 
-    def __init__(self, session: "ConverseSession"):
+    def __init__(self, session: ConverseSession):
         self.session = session
         self.tokenizer: TokenizerSession = session.backend.open_tokenizer(session.trace_headers)
         self.block = session.backend.input_rate * session.settings.tokenize_block_ms // 1000

@@ -42,7 +42,7 @@ class PromoterSettings:
     lock_timeout_s: float = 3600.0
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides) -> "PromoterSettings":
+    def from_env(cls, env: dict[str, str] | None = None, **overrides) -> PromoterSettings:
         """REDIS_ADDR, GLMVOICE_MODEL_REPOSITORY, GLMVOICE_STORE, GLMVOICE_SERVING_CHECKPOINTS, TRITON_ADDRS
         (comma-separated host:grpc_port) or POD_NAMESPACE + TRITON_LABEL_SELECTOR + TRITON_GRPC_PORT."""
         env = dict(os.environ if env is None else env)

@@ -117,7 +117,7 @@ class TritonServer:
     def http_url(self) -> str:
         return f"http://{self.settings.address}:{self.settings.http_port}"
 
-    def start(self, ready_timeout_s: float = 120.0) -> "TritonServer":
+    def start(self, ready_timeout_s: float = 120.0) -> TritonServer:
         prepare_backends(self.settings.backend_directory)
         binary = _wheel_root() / "bin" / "tritonserver"
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
@@ -156,7 +156,7 @@ class TritonServer:
             self.process.kill()
             self.process.wait()
 
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> TritonServer:
         return self if self.process else self.start()
 
     def __exit__(self, *exc) -> None:

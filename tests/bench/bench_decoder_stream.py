@@ -93,7 +93,7 @@ def run_stream(decoder, codes: list[int], settings: StreamSettings, seed: int) -
         with streams.stream("bench", seed=seed, record_mel=True) as stream:
             for i in range(0, len(codes), streams.block_size):
                 start = time.perf_counter()
-                chunks.append(stream.feed(codes[i : i + streams.block_size]))
+                chunks.append(stream.push(codes[i : i + streams.block_size]))
                 times.append(time.perf_counter() - start)
                 recorder.next_block()
             start = time.perf_counter()

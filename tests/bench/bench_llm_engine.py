@@ -19,13 +19,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from glmvoice.models.llm_checkpoint import load_llm  # noqa: E402
-from training.random_checkpoints import write_tiny_checkpoint  # noqa: E402
 from glmvoice.runtime.llm_engine import EngineConfig, GenerationRequest, LLMEngine  # noqa: E402
 from glmvoice.sampling import SamplingParams  # noqa: E402
 from services.triton.launcher import TritonServer, TritonSettings  # noqa: E402
 from services.triton.repository import build_repository  # noqa: E402
 from tests.fixtures.servers import free_port  # noqa: E402
 from tests.integration.test_triton_llm import Stream  # noqa: E402
+from training.random_checkpoints import write_tiny_checkpoint  # noqa: E402
 
 CONCURRENCY = (1, 4, 8, 16)
 NEW_TOKENS = 192  # a reply of ~10 s of speech (128 speech + 64 text ids); long runs average out the machine's noise

@@ -26,8 +26,8 @@ from glmvoice.models.speech_decoder import DecoderConfig, SpeechDecoder, build_s
 from glmvoice.models.speech_tokenizer import SpeechTokenizerConfig, SpeechTokenizerModel  # noqa: E402
 from glmvoice.runtime.decoder_stream import DecoderStreams  # noqa: E402
 from glmvoice.runtime.llm_engine import EngineConfig, GenerationRequest, LLMEngine  # noqa: E402
-from glmvoice.sampling import SamplingParams  # noqa: E402
 from glmvoice.runtime.tokenizer_stream import SpeechTokenizer  # noqa: E402
+from glmvoice.sampling import SamplingParams  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -74,7 +74,7 @@ def bench_llm(preset: str, device: torch.device, dtype: torch.dtype, new_tokens:
         per = rate / streams
         print(f"{streams:>8} {rate:>10.1f} {per:>11.1f} {rate / base:>6.2f}  {'yes' if per >= 18.75 else 'no'}")
     engine.stop()
-    del model, engine
+    del model  # the engine is stopped; run() still refers to it
 
 
 def bench_decoder(preset: str, device: torch.device, blocks: int) -> None:
@@ -83,13 +83,13 @@ def bench_decoder(preset: str, device: torch.device, blocks: int) -> None:
     streams = DecoderStreams(decoder)
     codes = np.random.default_rng(0).integers(0, decoder.codebook_size, size=blocks * decoder.block_size).tolist()
     with streams.stream("warm-up", seed=0) as stream:
-        stream.feed(codes[: decoder.block_size])
+        stream.push(codes[: decoder.block_size])
     costs, samples = [], 0
     with streams.stream("bench", seed=0) as stream:
         for b in range(blocks):
             sync(device)
             start = time.perf_counter()
-            samples += len(stream.feed(codes[b * decoder.block_size : (b + 1) * decoder.block_size]))
+            samples += len(stream.push(codes[b * decoder.block_size : (b + 1) * decoder.block_size]))
             sync(device)
             costs.append(time.perf_counter() - start)
         samples += len(stream.finalize())

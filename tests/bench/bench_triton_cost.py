@@ -21,14 +21,13 @@ import tritonclient.grpc as grpcclient
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from glmvoice.models.llm_checkpoint import load_llm  # noqa: E402
-from training.random_checkpoints import write_tiny_checkpoint  # noqa: E402
 from glmvoice.models.speech_decoder import load_speech_decoder  # noqa: E402
 from glmvoice.runtime.decoder_service import DecodeItem, DecoderService  # noqa: E402
 from glmvoice.runtime.decoder_stream import DecoderStreams  # noqa: E402
 from glmvoice.runtime.llm_engine import EngineConfig, GenerationRequest, LLMEngine  # noqa: E402
-from glmvoice.sampling import SamplingParams  # noqa: E402
 from glmvoice.runtime.tokenizer_service import TokenizeItem, TokenizerService  # noqa: E402
 from glmvoice.runtime.tokenizer_stream import load_speech_tokenizer  # noqa: E402
+from glmvoice.sampling import SamplingParams  # noqa: E402
 from services.triton.launcher import TritonServer, TritonSettings  # noqa: E402
 from services.triton.repository import build_repository  # noqa: E402
 from tests.fixtures.servers import free_port  # noqa: E402
@@ -37,6 +36,7 @@ from tests.fixtures.speech_tokenizer import build_tiny_speech_tokenizer_dir  # n
 from tests.integration.test_triton_llm import Stream  # noqa: E402
 from tests.integration.test_triton_speech_decoder import ReplyStream  # noqa: E402
 from tests.integration.test_triton_speech_tokenizer import infer as tokenizer_infer  # noqa: E402
+from training.random_checkpoints import write_tiny_checkpoint  # noqa: E402
 
 REPEATS = 30
 GREEDY = SamplingParams(temperature=0.0)

@@ -20,7 +20,13 @@ from services.gateway.settings import GatewaySettings
 from tests.fixtures.redis import redis_server  # noqa: F401 - fixture, until tests/conftest.py registers the plugin
 from tests.fixtures.servers import free_port
 from tests.integration.test_orchestrator import (  # noqa: F401 - shared fixtures and helpers
-    CLIP, KEYS, checkpoints, clip_frames, keys_file, orchestrator, triton_settings,
+    CLIP,
+    KEYS,
+    checkpoints,
+    clip_frames,
+    keys_file,
+    orchestrator,
+    triton_settings,
 )
 
 pytestmark = pytest.mark.integration

@@ -22,7 +22,13 @@ from services.orchestrator.settings import Settings, SettingsError
 from services.orchestrator.vad import VadModel, VadStream
 from tests.fixtures.redis import redis_server  # noqa: F401 - fixture, until tests/conftest.py registers the plugin
 from tests.integration.test_orchestrator import (  # noqa: F401 - shared fixtures and client helpers
-    CLIP, GREEDY, audio_requests, checkpoints, clip_frames, config_request, converse,
+    CLIP,
+    GREEDY,
+    audio_requests,
+    checkpoints,
+    clip_frames,
+    config_request,
+    converse,
 )
 
 pytestmark = pytest.mark.integration

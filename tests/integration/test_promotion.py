@@ -17,7 +17,7 @@ import tritonclient.grpc as grpcclient
 
 from glmvoice.cli import main as cli
 from glmvoice.models.llm_checkpoint import load_llm
-from training.random_checkpoints import write_tiny_checkpoint
+from glmvoice.provenance import new_provenance, write_metrics, write_provenance
 from glmvoice.runtime.generate import generate
 from glmvoice.sampling import SamplingParams
 from services.promoter.canary import CanaryError, run_canary
@@ -26,7 +26,7 @@ from services.promoter.replicas import Replica, TritonControl
 from services.triton.launcher import TritonServer, TritonSettings
 from tests.fixtures.redis import redis_server  # noqa: F401  (fixture; also a conftest plugin)
 from tests.fixtures.servers import free_port
-from glmvoice.provenance import new_provenance, write_metrics, write_provenance
+from training.random_checkpoints import write_tiny_checkpoint
 
 pytestmark = pytest.mark.integration
 PROMPT_TEXT = "one plus two"

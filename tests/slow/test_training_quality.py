@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from training import asr, tiny
 from glmvoice.provenance import read_metrics, read_provenance
+from training import asr, tiny
 
 pytestmark = pytest.mark.slow
 

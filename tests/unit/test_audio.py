@@ -4,9 +4,16 @@ import numpy as np
 import pytest
 
 from glmvoice.audio import (
-    SUPPORTED_RATES, AudioFormatError, check_waveform, decode, encode, log_mel_spectrogram, mel_filter_bank,
-    read_wav, resample, wav_bytes,
+    SUPPORTED_RATES,
+    AudioFormatError,
+    check_waveform,
+    decode,
+    encode,
+    read_wav,
+    resample,
+    wav_bytes,
 )
+from glmvoice.models.mel import log_mel_spectrogram, mel_filter_bank
 
 
 def _tone(rate: int, seconds: float = 1.0, freq: float = 440.0) -> np.ndarray:

@@ -28,7 +28,7 @@ def stream_decode(decoder, codes, seed=5, piece=10, settings=StreamSettings(), o
     """Feeds `piece` codes at a time; returns the emitted chunks (the last one from finalize)."""
     streams = DecoderStreams(decoder, settings)
     with streams.stream("s", seed=seed, output_rate=output_rate, record_mel=mel_out is not None) as stream:
-        chunks = [stream.feed(codes[i : i + piece]) for i in range(0, len(codes), piece)]
+        chunks = [stream.push(codes[i : i + piece]) for i in range(0, len(codes), piece)]
         chunks.append(stream.finalize())
         if mel_out is not None:
             mel_out.append(stream.state.recorded_mel())
@@ -53,8 +53,8 @@ def test_first_audio_after_one_block_of_codes(tiny_speech_decoder):
     streams = DecoderStreams(tiny_speech_decoder)
     codes = codes_for(10)
     with streams.stream("a") as stream:
-        assert len(stream.feed(codes[:9])) == 0
-        first = stream.feed(codes[9:])
+        assert len(stream.push(codes[:9])) == 0
+        first = stream.push(codes[9:])
         assert len(first) > 0.5 * 0.8 * 22050  # most of the block's 0.8 s; the rest is held for crossfades
     assert "a" not in streams.states
 
@@ -150,11 +150,11 @@ def test_reset_replays_the_same_reply(tiny_speech_decoder):
     streams = DecoderStreams(tiny_speech_decoder)
     codes = codes_for(25)
     with streams.stream("r", seed=9) as stream:
-        first = np.concatenate([stream.feed(codes), stream.finalize()])
+        first = np.concatenate([stream.push(codes), stream.finalize()])
         with pytest.raises(ValueError, match="finalized"):
-            stream.feed(codes[:3])
-        stream.state.reset()
-        second = np.concatenate([stream.feed(codes), stream.finalize()])
+            stream.push(codes[:3])
+        stream.reset()
+        second = np.concatenate([stream.push(codes), stream.finalize()])
         with pytest.raises(ValueError, match="already open"):
             streams.open("r")
     np.testing.assert_array_equal(first, second)

@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from glmvoice.sampling import SamplingParams
-
 from glmvoice.runtime.sampling import apply_penalties, filter_top_k_top_p, make_generator, sample
+from glmvoice.sampling import SamplingParams
 
 
 def draw(logits, params, n, seed_generator=None):

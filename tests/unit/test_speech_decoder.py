@@ -18,7 +18,6 @@ from glmvoice.models.speech_decoder import (
     speech_decoder_info,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

@@ -10,7 +10,10 @@ from safetensors.torch import load_file, save_file
 
 from glmvoice.audio import AudioFormatError, read_wav, resample, write_wav
 from glmvoice.models.speech_tokenizer import (
-    SpeechTokenizerConfig, SpeechTokenizerModel, speech_tokenizer_info, transformer_configs,
+    SpeechTokenizerConfig,
+    SpeechTokenizerModel,
+    speech_tokenizer_info,
+    transformer_configs,
 )
 from glmvoice.models.speech_tokenizer_checkpoint import load_speech_tokenizer_model, save_speech_tokenizer
 from glmvoice.runtime.tokenizer_stream import TokenizerStreams, load_speech_tokenizer
@@ -269,10 +272,10 @@ def test_full_attention_config_cannot_stream():
 def test_streams_are_keyed_and_closed(tiny_speech_tokenizer, librivox_clips):
     streams = TokenizerStreams(tiny_speech_tokenizer)
     samples = _clips(librivox_clips)[1]
-    with streams.open("a") as a, streams.open("b") as b:
+    with streams.stream("a") as a, streams.stream("b") as b:
         assert "a" in streams and len(streams) == 2
         with pytest.raises(ValueError):
-            with streams.open("a"):
+            with streams.stream("a"):
                 pass
         half = len(samples) // 2
         codes_a = a.push(samples[:half]) + a.push(samples[half:]) + a.finalize()

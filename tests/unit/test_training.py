@@ -66,7 +66,7 @@ def test_speech_corpus_is_deterministic_and_split_by_sentence():
 
 
 def test_decoder_mel_matches_a_direct_computation():
-    from glmvoice.audio import mel_filter_bank
+    from glmvoice.models.mel import mel_filter_bank
     from training.train_decoder import decoder_mel, frame_f0
 
     rate, hop = 22050, 256

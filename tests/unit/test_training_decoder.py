@@ -127,7 +127,12 @@ def test_resume_inside_the_adversarial_phase_is_exact(decoder_items, tmp_path, o
 
 
 def test_published_hift_holds_the_generator_only(decoder_items, tmp_path, one_torch_thread):
-    from glmvoice.models.speech_decoder import DecoderConfig, build_speech_decoder, load_speech_decoder, save_speech_decoder
+    from glmvoice.models.speech_decoder import (
+        DecoderConfig,
+        build_speech_decoder,
+        load_speech_decoder,
+        save_speech_decoder,
+    )
 
     decoder, history = _hift_run(decoder_items, tmp_path / "work", hift_steps=2, adversarial_start=1)
     assert "discriminator" in torch.load(tmp_path / "work" / "hift" / "trainer_state.pt", weights_only=False)["objects"]

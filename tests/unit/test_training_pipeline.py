@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from glmvoice.provenance import read_metrics, read_provenance
 from training import pipeline
 from training.data import corpus, spoken_arithmetic
 from training.data.tts import Voice
-from glmvoice.provenance import read_metrics, read_provenance
 from training.train_llm import LMTrainConfig
 from training.train_tokenizer import TokenizerTrainConfig
 

@@ -3,7 +3,6 @@ resumed from its work directory ends bit-identical to an uninterrupted run (henc
 The decoder trainer's twin test is in test_training_decoder.py."""
 
 import numpy as np
-import pytest
 import torch
 
 from tests.fixtures.training import same_weights

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 VARIANTS = Path(__file__).resolve().parents[2] / "model_repo" / "tensorrt"
 

@@ -58,7 +58,7 @@ class JobSettings:
             return self.fullname
         return self.release if "glmvoice" in self.release else f"{self.release}-glmvoice"[:63].rstrip("-")
 
-    def with_resources(self, kind: str, **changes) -> "JobSettings":
+    def with_resources(self, kind: str, **changes) -> JobSettings:
         return replace(self, resources={**self.resources, kind: replace(self.resources[kind], **changes)})
 
 

@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from training import pipeline
     from glmvoice.provenance import read_provenance
+    from training import pipeline
 
     if args.plan not in pipeline.PLANS:
         parser.error(f"--plan must be one of {sorted(pipeline.PLANS)}")

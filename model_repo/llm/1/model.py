@@ -11,11 +11,17 @@ import triton_python_backend_utils as pb_utils
 
 from glmvoice.models.llm_checkpoint import load_llm
 from glmvoice.runtime.llm_engine import EngineFullError, GenerationRequest, LLMEngine
-from glmvoice.sampling import OFFICIAL_SAMPLING, SamplingParams
 from glmvoice.runtime.serving import (
-    RequestInputs, apply_cpu_threads, engine_config, model_parameters, read_version, triton_device, triton_error,
+    RequestInputs,
+    apply_cpu_threads,
+    engine_config,
+    model_parameters,
+    read_version,
+    triton_device,
+    triton_error,
     version_dir_from_args,
 )
+from glmvoice.sampling import OFFICIAL_SAMPLING, SamplingParams
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 SAMPLING_INPUTS = ("temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty", "seed")

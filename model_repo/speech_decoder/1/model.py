@@ -9,7 +9,12 @@ from glmvoice.models.speech_decoder import load_speech_decoder
 from glmvoice.runtime.decoder_service import DecodeItem, DecoderService
 from glmvoice.runtime.decoder_stream import DecoderStreams
 from glmvoice.runtime.serving import (
-    RequestInputs, apply_cpu_threads, model_parameters, read_version, triton_device, triton_error,
+    RequestInputs,
+    apply_cpu_threads,
+    model_parameters,
+    read_version,
+    triton_device,
+    triton_error,
     version_dir_from_args,
 )
 

@@ -6,7 +6,12 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from glmvoice.runtime.serving import (
-    RequestInputs, apply_cpu_threads, model_parameters, read_version, triton_device, triton_error,
+    RequestInputs,
+    apply_cpu_threads,
+    model_parameters,
+    read_version,
+    triton_device,
+    triton_error,
     version_dir_from_args,
 )
 from glmvoice.runtime.tokenizer_service import TokenizeItem, TokenizerService

@@ -15,8 +15,9 @@ A backend hands out per-stream objects:
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator, Protocol
+from typing import Protocol
 
 import numpy as np
 

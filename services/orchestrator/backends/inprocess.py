@@ -33,7 +33,7 @@ def _raise_item_error(result):
 
 
 class InProcessTokenizerSession:
-    def __init__(self, backend: "InProcessBackend"):
+    def __init__(self, backend: InProcessBackend):
         self.backend = backend
         self.stream_id = uuid.uuid4().hex
         self.started = self.ended = False
@@ -50,7 +50,7 @@ class InProcessTokenizerSession:
 
 
 class InProcessLMStream:
-    def __init__(self, backend: "InProcessBackend", request: LMRequest):
+    def __init__(self, backend: InProcessBackend, request: LMRequest):
         self.backend = backend
         self.finish_reason: str | None = None
         self.queue: asyncio.Queue = asyncio.Queue()
@@ -91,7 +91,7 @@ class InProcessDecoderSession:
     """Like the Triton stream: `send` only queues; one worker runs the stream's requests in order,
     putting codes that queued up meanwhile into one request."""
 
-    def __init__(self, backend: "InProcessBackend", seed: int, output_rate: int):
+    def __init__(self, backend: InProcessBackend, seed: int, output_rate: int):
         self.backend = backend
         self.stream_id = uuid.uuid4().hex
         self.seed, self.output_rate = seed, output_rate

@@ -13,13 +13,17 @@ import random
 
 import numpy as np
 import tritonclient.grpc.aio as grpcaio
-from tritonclient.grpc import InferInput, InferenceServerException
+from tritonclient.grpc import InferenceServerException, InferInput
 from tritonclient.utils import np_to_triton_dtype
 
 from glmvoice.models.text_tokenizer import TextTokenizer
 from services.orchestrator.backends import LMRequest
 from services.orchestrator.errors import (
-    BackendUnavailable, DeadlineExceeded, Exhausted, InvalidInput, OrchestratorError,
+    BackendUnavailable,
+    DeadlineExceeded,
+    Exhausted,
+    InvalidInput,
+    OrchestratorError,
 )
 
 MODELS = ("speech_tokenizer", "llm", "speech_decoder")
