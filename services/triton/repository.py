@@ -9,13 +9,28 @@ them (the store volume in Kubernetes): a version references them and never copie
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
 
 from glmvoice.runtime.serving import CHECKPOINT_FILE
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "model_repo"
 MODELS = ("speech_tokenizer", "llm", "speech_decoder")
+TEMPLATES_ENV = "GLMVOICE_MODEL_REPO_TEMPLATES"
+# Where a wheel install puts model_repo/ (pyproject's data-files), relative to the environment's prefix.
+INSTALLED_TEMPLATES = Path("share") / "glmvoice" / "model_repo"
+
+
+def templates_dir() -> Path:
+    """The model_repo/ templates: $GLMVOICE_MODEL_REPO_TEMPLATES (the image sets it), else the copy a wheel
+    installed under the environment's prefix, else the source checkout this module runs from."""
+    candidates = [Path(p) for p in (os.environ.get(TEMPLATES_ENV),) if p]
+    candidates += [Path(sys.prefix) / INSTALLED_TEMPLATES, Path(__file__).resolve().parents[2] / "model_repo"]
+    for candidate in candidates:
+        if (candidate / "llm" / "config.pbtxt").is_file():
+            return candidate
+    raise FileNotFoundError(f"no model_repo templates in {', '.join(map(str, candidates))} (set {TEMPLATES_ENV})")
 
 
 def versions(repository: Path, model: str) -> list[int]:
@@ -40,7 +55,8 @@ def add_version(
         raise FileNotFoundError(f"checkpoint directory {checkpoint} does not exist")
     model_dir = repository / model
     model_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(TEMPLATES / model / "config.pbtxt", model_dir / "config.pbtxt")
+    templates = templates_dir()
+    shutil.copy2(templates / model / "config.pbtxt", model_dir / "config.pbtxt")
     version = version or (max(versions(repository, model), default=0) + 1)
     final = model_dir / str(version)
     if final.exists():
@@ -48,7 +64,7 @@ def add_version(
     staging = model_dir / f".staging-{version}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    shutil.copy2(TEMPLATES / model / "1" / "model.py", staging / "model.py")
+    shutil.copy2(templates / model / "1" / "model.py", staging / "model.py")
     (staging / CHECKPOINT_FILE).write_text(json.dumps({"path": str(checkpoint), "device": device}, indent=2))
     staging.rename(final)
     return version

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-VARIANTS = Path(__file__).resolve().parents[2] / "model_repo" / "tensorrt"
+VARIANTS = Path(__file__).resolve().parents[2] / "model_repo" / "tensorrt"  # a training tool: runs from a checkout
 
 
 class TensorRTUnavailable(RuntimeError):

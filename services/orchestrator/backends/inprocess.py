@@ -21,9 +21,7 @@ from glmvoice.runtime.serving import engine_config, pbtxt_parameters
 from glmvoice.runtime.tokenizer_service import TokenizeItem, TokenizerService
 from services.orchestrator.backends import LMRequest
 from services.orchestrator.errors import Exhausted, InvalidInput, OrchestratorError
-
-# The engine takes the same parameters as the Triton `llm` model, read from its config.pbtxt.
-LLM_CONFIG = Path(__file__).resolve().parents[3] / "model_repo" / "llm" / "config.pbtxt"
+from services.triton.repository import templates_dir
 
 
 def _raise_item_error(result):
@@ -157,7 +155,8 @@ class InProcessBackend:
         self.tokenizer = TokenizerService(speech_tokenizer)
         self.input_rate = speech_tokenizer.config.sampling_rate
         model, self.text_tokenizer = load_llm(llm_dir, device=self.device)
-        config = engine_config(pbtxt_parameters(LLM_CONFIG))
+        # The engine takes the same parameters as the Triton `llm` model, read from its config.pbtxt.
+        config = engine_config(pbtxt_parameters(templates_dir() / "llm" / "config.pbtxt"))
         config = dataclasses.replace(config, max_seq_len=min(config.max_seq_len, model.config.block_size))
         self.max_seq_len = config.max_seq_len
         self.engine = LLMEngine(model, config).start()
