@@ -12,7 +12,7 @@ Noise is an argument: callers own reproducibility (the reference reseeds 42 on e
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import cast
 
 import torch
@@ -45,9 +45,6 @@ class FlowConfig:
         if name not in transformer_configs:
             raise ValueError(f"unknown flow preset {name!r}; known: {sorted(transformer_configs)}")
         return from_dict(transformer_configs[name])
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     def mel_frames(self, n_tokens: int) -> int:
         """Mel frames covering the first n tokens (the reference's int(), so the grid is global)."""

@@ -14,7 +14,7 @@ item, so a padded batch item equals the item alone.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -48,9 +48,6 @@ class HiFTConfig:
         if name not in transformer_configs:
             raise ValueError(f"unknown HiFT preset {name!r}; known: {sorted(transformer_configs)}")
         return cls(**transformer_configs[name])
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @property
     def samples_per_frame(self) -> int:

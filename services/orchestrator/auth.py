@@ -25,10 +25,6 @@ class ApiKeys:
             return cls(None)
         return cls([line.strip() for line in Path(path).read_text().splitlines() if line.strip() and not line.startswith("#")])
 
-    @property
-    def enabled(self) -> bool:
-        return self.keys is not None
-
     def identity(self, metadata: dict[str, str]) -> str:
         """`authorization: Bearer <key>` or `x-api-key: <key>` -> the caller's identity; raises Unauthenticated."""
         if self.keys is None:

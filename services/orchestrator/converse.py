@@ -27,7 +27,7 @@ from glmvoice.chat_template import Conversation, OutputRouter
 from glmvoice.models.text_tokenizer import AUDIO_END
 from glmvoice.telemetry import record_spans, trace_headers
 from services.orchestrator import events as ev
-from services.orchestrator.backends import Backend, LMRequest
+from services.orchestrator.backends import Backend, DecoderSession, LMRequest
 from services.orchestrator.errors import InvalidInput, OrchestratorError
 from services.orchestrator.session_store import SessionRecord, SessionStore, TurnRecord
 from services.orchestrator.settings import Settings
@@ -35,6 +35,48 @@ from services.orchestrator.turns import Reply, UserTurn, ms
 from services.orchestrator.vad import VadModel, VadStream
 
 log = logging.getLogger("glmvoice.orchestrator")
+
+
+class SpeechOut:
+    """The reply's speech: a decoder stream opened at the first speech code, and a pump that sends its audio
+    to the client (encoded as asked) as each block decodes, recording what was sent in `state`."""
+
+    def __init__(self, backend: Backend, seed: int, spec: ev.AudioSpec, headers: dict[str, str], state: Reply,
+                 out: asyncio.Queue):
+        self.backend, self.seed, self.spec, self.headers, self.state, self.out = backend, seed, spec, headers, state, out
+        self.decoder: DecoderSession | None = None
+        self.pump: asyncio.Task | None = None
+
+    async def send(self, code: int, now: float) -> None:
+        if self.decoder is None:
+            self.decoder = self.backend.open_decoder(self.seed, self.spec.sample_rate, self.headers)
+            self.pump = asyncio.create_task(self._pump(self.decoder))
+        self.state.codes_sent += 1
+        self.state.code_times.append(now)
+        await self.decoder.send([code])
+
+    async def finish(self) -> None:
+        if self.decoder is not None:
+            await self.decoder.send([], end=True)
+            await self.pump
+
+    async def cancel(self) -> None:
+        if self.pump is not None:
+            self.pump.cancel()
+        if self.decoder is not None:
+            await self.decoder.cancel()
+
+    async def _pump(self, decoder: DecoderSession) -> None:
+        state = self.state
+        async for chunk in decoder:
+            now = time.perf_counter()
+            if state.first_audio is None:
+                since = state.code_times[min(self.backend.decoder_block, len(state.code_times)) - 1]
+                state.speech_decode_ms = ms(now - since)
+                state.first_audio = now
+            self.out.put_nowait(ev.AudioOut(codecs.encode(chunk, self.spec.encoding)))
+            state.chunks_sent += 1
+            state.samples_sent += len(chunk)
 
 
 class ConverseSession:
@@ -120,7 +162,10 @@ class ConverseSession:
 
     async def _open_turn(self) -> None:
         await self.cancel_reply()  # barge-in: the user speaks over the reply
-        self.turn = UserTurn(self)
+        block = self.backend.input_rate * self.settings.tokenize_block_ms // 1000
+        # While a reply runs, the LM's KV under this session id belongs to it: prefill after it ends.
+        self.turn = UserTurn(self.backend.open_tokenizer(self.trace_headers), block, self.prefill,
+                             lambda: not self.replying)
 
     async def end_turn(self) -> None:
         """End of the user's speech (VAD stop, EndOfTurn, or the client half-closing): answer it."""
@@ -217,63 +262,42 @@ class ConverseSession:
         sampling = self.config.sampling
         seed = sampling.seed if sampling.seed is not None else random.getrandbits(32)
         state = Reply()
-        router = OutputRouter(self.tokenizer)
+        speech = SpeechOut(self.backend, seed, self.config.output_audio, self.trace_headers, state, self.out)
         started = time.perf_counter()
         lm = self.backend.generate(LMRequest(prompt, sampling, budget, self.record.session_id), self.trace_headers)
-        decoder = pump = None
         try:
-            async for token in lm:
-                now = time.perf_counter()
-                state.first_token = state.first_token or now
-                routed = router.push(token)
-                if routed.text:
-                    self.out.put_nowait(ev.TextDelta(routed.text))
-                if routed.stop:
-                    break
-                state.ids.append(token)
-                if routed.speech_code is None:
-                    continue
-                state.first_speech = state.first_speech or now
-                if decoder is None:
-                    decoder = self.backend.open_decoder(seed, self.config.output_audio.sample_rate, self.trace_headers)
-                    pump = asyncio.create_task(self._pump(decoder, state))
-                state.codes_sent += 1
-                state.code_times.append(now)
-                await decoder.send([routed.speech_code])
-            tail = router.finish() if not router.stopped else ""
-            if tail:
-                self.out.put_nowait(ev.TextDelta(tail))
-            if decoder is not None:
-                await decoder.send([], end=True)
-                await pump
-            state.final_chunk_sent = True
+            await self._route(lm, state, speech)
             reason = "completed" if lm.finish_reason == "stop" else "length"
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # barge-in or Cancel: keep what the client was sent
             await lm.cancel()
-            if pump is not None:
-                pump.cancel()
-            if decoder is not None:
-                await decoder.cancel()
+            await speech.cancel()
             reason = "cancelled"
         except BaseException:
             await lm.cancel()
-            if decoder is not None:
-                await decoder.cancel()
+            await speech.cancel()
             raise
         await self._commit(prompt, user, state, reason, speech_end, tokenize_ms, started)
 
-    async def _pump(self, decoder, state: Reply) -> None:
-        spec = self.config.output_audio
-        async for chunk in decoder:
+    async def _route(self, lm, state: Reply, speech: SpeechOut) -> None:
+        """LM ids -> text deltas to the client, speech codes to the decoder, until the stop id or the budget."""
+        router = OutputRouter(self.tokenizer)
+        async for token in lm:
             now = time.perf_counter()
-            if state.first_audio is None:
-                block = self.backend.decoder_block
-                since = state.code_times[min(block, len(state.code_times)) - 1]
-                state.speech_decode_ms = ms(now - since)
-                state.first_audio = now
-            self.out.put_nowait(ev.AudioOut(codecs.encode(chunk, spec.encoding)))
-            state.chunks_sent += 1
-            state.samples_sent += len(chunk)
+            state.first_token = state.first_token or now
+            routed = router.push(token)
+            if routed.text:
+                self.out.put_nowait(ev.TextDelta(routed.text))
+            if routed.stop:
+                break
+            state.ids.append(token)
+            if routed.speech_code is not None:
+                state.first_speech = state.first_speech or now
+                await speech.send(routed.speech_code, now)
+        tail = router.finish() if not router.stopped else ""
+        if tail:
+            self.out.put_nowait(ev.TextDelta(tail))
+        await speech.finish()
+        state.final_chunk_sent = True
 
     def _kept_ids(self, state: Reply) -> list[int]:
         """Generated ids up to the first speech code whose audio the client was not sent."""

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from services.orchestrator.backends import TokenizerSession
-
-if TYPE_CHECKING:
-    from services.orchestrator.converse import ConverseSession
 
 
 def ms(seconds: float) -> float:
@@ -22,12 +19,15 @@ def ms(seconds: float) -> float:
 class UserTurn:
     """The user's current utterance: 16 kHz audio -> tokenizer blocks -> codes, prefilling as they come.
 
-    One worker task handles the blocks in order, so the requests a turn makes do not depend on timing."""
+    One worker task handles the blocks in order, so the requests a turn makes do not depend on timing.
+    `prefill(codes)` prefills the LM with the codes so far; `may_prefill()` says whether the LM's KV under the
+    session is free for it (not while a reply runs)."""
 
-    def __init__(self, session: ConverseSession):
-        self.session = session
-        self.tokenizer: TokenizerSession = session.backend.open_tokenizer(session.trace_headers)
-        self.block = session.backend.input_rate * session.settings.tokenize_block_ms // 1000
+    def __init__(self, tokenizer: TokenizerSession, block_samples: int,
+                 prefill: Callable[[list[int]], Awaitable[None]], may_prefill: Callable[[], bool]):
+        self.tokenizer = tokenizer
+        self.block = block_samples
+        self.prefill, self.may_prefill = prefill, may_prefill
         self.pending = np.zeros(0, np.float32)
         self.codes: list[int] = []
         self.queue: asyncio.Queue = asyncio.Queue()
@@ -61,10 +61,9 @@ class UserTurn:
             self.codes += await self.tokenizer.push(audio, end=end)
             if end:
                 return
-            # While a reply runs, the LM's KV under this session id belongs to it: prefill after it ends.
-            if len(self.codes) > self.prefilled and not self.session.replying:
+            if len(self.codes) > self.prefilled and self.may_prefill():
                 self.prefilled = len(self.codes)
-                await self.session.prefill(self.codes)
+                await self.prefill(self.codes)
 
 
 @dataclass
