@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -45,9 +46,36 @@ class Metrics:
         if latency.real_time_factor > 0:
             self.real_time_factor.observe(latency.real_time_factor)
 
-    def serve(self, port: int, addr: str = "0.0.0.0"):
-        """Starts the /metrics HTTP endpoint; returns (server, thread)."""
-        return start_http_server(port, addr=addr, registry=self.registry)
+    def serve(self, port: int, addr: str):
+        """Starts the /metrics HTTP endpoint on `addr` (the service's bind address); returns (server, thread)."""
+        return start_http_server(port, addr=addr.strip("[]"), registry=self.registry)
+
+
+# Credentials as they appear in access logs and error messages: query parameters, bearer tokens, key headers.
+_SECRETS = (
+    re.compile(r"(?i)([?&](?:api[_-]?key|key|token|access_token|password)=)[^&\s\"']+"),
+    re.compile(r"(?i)(bearer\s+)[^\s\"',]+"),
+    re.compile(r"(?i)((?:x-api-key|authorization|password)[\"']?\s*[:=]\s*[\"']?)(?!bearer\s)[^\s\"',}]+"),
+)
+REDACTED = "[REDACTED]"
+
+
+def redact(text: str) -> str:
+    for pattern in _SECRETS:
+        text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
+    return text
+
+
+class RedactSecrets(logging.Filter):
+    """Rewrites every record's message with credentials replaced, whichever library logged it (uvicorn's
+    access log prints `?api_key=` query strings): keys never reach the logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -71,6 +99,7 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(level: str) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(RedactSecrets())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

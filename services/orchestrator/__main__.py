@@ -19,7 +19,7 @@ from services.orchestrator.settings import Settings, SettingsError
 async def serve(settings: Settings, tracer) -> None:
     metrics = Metrics()
     if settings.metrics_port:
-        metrics.serve(settings.metrics_port)
+        metrics.serve(settings.metrics_port, settings.bind_address)
     orchestrator = Orchestrator(settings, metrics, tracer)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 
@@ -83,7 +84,9 @@ class ConverseSession:
     def __init__(
         self, backend: Backend, store: SessionStore, vad_model: VadModel | None, settings: Settings,
         config: ev.StreamConfig, record: SessionRecord, metrics=None, tracer=None, trace_context=None,
+        meter: Callable[[float], Awaitable[None]] | None = None,
     ):
+        # meter(seconds) counts user audio against the caller's quota (raises Exhausted past it).
         self.backend, self.store, self.settings, self.config = backend, store, settings, config
         self.record = record
         self.metrics, self.tracer, self.trace_context = metrics, tracer, trace_context
@@ -100,6 +103,8 @@ class ConverseSession:
         self.pre_roll = np.zeros(0, np.float32)
         self.received = 0  # 16 kHz samples received in this stream
         self.turn: UserTurn | None = None
+        self.meter, self.unmetered = meter, 0  # 16 kHz samples received and not yet counted
+        self.max_turn_samples = int(settings.max_turn_s * backend.input_rate)
         self.reply: asyncio.Task | None = None
         self.max_chunk_bytes = (
             config.input_audio.sample_rate * settings.max_chunk_ms // 1000 * config.input_audio.bytes_per_sample
@@ -123,6 +128,7 @@ class ConverseSession:
         audio = self.resampler.push(samples)
         start = self.received
         self.received += len(audio)
+        await self._count(len(audio))
         if self.vad is None:
             await self._user_audio(audio)
             return
@@ -138,9 +144,19 @@ class ConverseSession:
                 await self._speech_stopped(event.sample)
         await self._user_audio(audio[cut:])
 
+    async def _count(self, samples: int) -> None:
+        """Counts audio against the quota about once a second (one Redis call, not one per 20 ms frame)."""
+        self.unmetered += samples
+        if self.meter is not None and self.unmetered >= self.backend.input_rate:
+            seconds, self.unmetered = self.unmetered / self.backend.input_rate, 0
+            await self.meter(seconds)
+
     async def _user_audio(self, audio: np.ndarray) -> None:
         if not len(audio):
             return
+        if self.turn is not None and self.turn.samples + len(audio) > self.max_turn_samples:
+            raise InvalidInput(f"a turn may hold at most {self.settings.max_turn_s:g} s of audio (MAX_TURN_S): "
+                               "end the turn sooner (EndOfTurn, or silence with server VAD)")
         if self.turn is not None:
             self.turn.feed(audio)
         elif self.vad is None:

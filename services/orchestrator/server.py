@@ -25,10 +25,11 @@ from glmvoice.telemetry import Metrics, extract_trace
 from glmvoice.v1 import common_pb2
 from glmvoice.v1 import voice_chat_pb2 as pb
 from services.orchestrator import events as ev
-from services.orchestrator.auth import ApiKeys
+from services.orchestrator.auth import ANONYMOUS, ApiKeys
 from services.orchestrator.converse import ConverseSession
-from services.orchestrator.errors import BackendUnavailable, ErrorInterceptor, Exhausted, InvalidInput
-from services.orchestrator.session_store import SessionRecord, SessionStore, new_session_id
+from services.orchestrator.errors import BackendUnavailable, DeadlineExceeded, ErrorInterceptor, Exhausted, InvalidInput
+from services.orchestrator.quotas import QuotaLimits, Quotas
+from services.orchestrator.session_store import SessionRecord, SessionStore, connect, new_session_id
 from services.orchestrator.settings import Settings
 from services.orchestrator.vad import VadModel
 
@@ -118,9 +119,10 @@ def _metadata(context) -> dict[str, str]:
 
 
 class VoiceChat:
-    def __init__(self, settings: Settings, backend, store: SessionStore, keys: ApiKeys, metrics: Metrics, tracer=None):
+    def __init__(self, settings: Settings, backend, store: SessionStore, keys: ApiKeys, metrics: Metrics,
+                 quotas: Quotas, tracer=None):
         self.settings, self.backend, self.store, self.keys, self.metrics = settings, backend, store, keys, metrics
-        self.tracer = tracer
+        self.quotas, self.tracer = quotas, tracer
         self.vad_model: VadModel | None = None
         self.ready = False
         self.active = 0
@@ -149,26 +151,42 @@ class VoiceChat:
             return
         identity = self.keys.identity(_metadata(context))
         if not self.ready:
-            raise BackendUnavailable("the orchestrator is warming up")
+            raise BackendUnavailable("not serving: warming up, or a dependency (Redis, the models) is not answering")
         if self.active >= self.settings.max_streams:
             self.metrics.rejected_streams.inc()
             raise Exhausted(f"this replica serves {self.settings.max_streams} live streams; retry later or elsewhere")
+        stream_id = new_session_id()
+        # Quotas are per API key: without keys every caller is the same anonymous tenant.
+        quotas = self.quotas if identity != ANONYMOUS else None
+        if quotas is not None:
+            await quotas.acquire_stream(identity, stream_id)
         self.active += 1
         self.metrics.active_streams.inc()
+        lease = asyncio.create_task(self._renew(quotas, identity, stream_id)) if quotas is not None else None
         try:
             trace_context = extract_trace(_metadata(context)) if self.tracer is not None else None
-            async for response in self._converse(parse_request(first), requests, identity, trace_context):
+            async for response in self._converse(parse_request(first), requests, identity, quotas, trace_context):
                 yield response
         finally:
             self.active -= 1
             self.metrics.active_streams.dec()
+            if lease is not None:
+                lease.cancel()
+                await asyncio.gather(lease, return_exceptions=True)
+                await asyncio.gather(quotas.release_stream(identity, stream_id), return_exceptions=True)
 
-    async def _converse(self, first: pb.ConverseRequest, requests, identity: str, trace_context):
+    async def _renew(self, quotas: Quotas, identity: str, stream_id: str) -> None:
+        while True:
+            await asyncio.sleep(quotas.limits.lease_s / 3)
+            await asyncio.gather(quotas.acquire_stream(identity, stream_id), return_exceptions=True)
+
+    async def _converse(self, first: pb.ConverseRequest, requests, identity: str, quotas: Quotas | None, trace_context):
         config = stream_config(first, self.settings)
-        record = await self._open_record(config.session_id, identity)
+        record = await self._open_record(config.session_id, identity, quotas)
+        meter = (lambda seconds: quotas.count_audio(identity, seconds)) if quotas is not None else None
         session = ConverseSession(
             self.backend, self.store, self.vad_model, self.settings, config, record, self.metrics, self.tracer,
-            trace_context,
+            trace_context, meter,
         )
         yield RESPONSES[ev.SessionStarted](ev.SessionStarted(record.session_id, len(record.turns) // 2))
         reader = asyncio.create_task(self._read(session, requests))
@@ -192,8 +210,17 @@ class VoiceChat:
             "end_of_turn": lambda m: session.end_turn(),
             "cancel": lambda m: session.on_cancel(),
         }
+        idle_s = self.settings.stream_idle_s
         try:
-            async for raw in requests:
+            while True:
+                try:
+                    raw = await asyncio.wait_for(requests.__anext__(), idle_s)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    if session.replying:  # a listening client sends nothing while the reply plays
+                        continue
+                    raise DeadlineExceeded(f"no message from the client for {idle_s:g} s (STREAM_IDLE_S)") from None
                 message = parse_request(raw)
                 kind = message.WhichOneof("event")
                 if kind not in dispatch:
@@ -206,9 +233,11 @@ class VoiceChat:
         except Exception as exc:  # noqa: BLE001 - handed to the response loop, which raises it as a status
             session.out.put_nowait(exc)
 
-    async def _open_record(self, session_id: str, identity: str) -> SessionRecord:
+    async def _open_record(self, session_id: str, identity: str, quotas: Quotas | None) -> SessionRecord:
         if session_id:
             return await self.store.load(session_id, identity)
+        if quotas is not None:
+            await quotas.count_session(identity)
         record = SessionRecord(new_session_id(), identity)
         await self.store.save(record)
         return record
@@ -246,16 +275,29 @@ class Orchestrator:
         self.settings = settings.check()
         self.metrics = metrics or Metrics()
         self.backend = build_backend(settings)
-        self.store = SessionStore(settings.redis_addr, settings.session_ttl_s)
+        self.redis = connect(settings.redis_addr, settings.redis_timeout_s, settings.redis_password, settings.redis_tls,
+                             str(settings.redis_ca_file) if settings.redis_ca_file else None)
+        self.store = SessionStore(self.redis, settings.redis_addr, settings.session_ttl_s)
         self.keys = ApiKeys.from_file(settings.api_keys_file)
-        self.service = VoiceChat(settings, self.backend, self.store, self.keys, self.metrics, tracer)
+        limits = QuotaLimits(settings.quota_streams, settings.quota_sessions_per_minute, settings.quota_audio_s_per_minute)
+        self.service = VoiceChat(settings, self.backend, self.store, self.keys, self.metrics, Quotas(self.redis, limits),
+                                 tracer)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.watcher: asyncio.Task | None = None
         self.port = 0
 
     async def start(self) -> int:
-        self.server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+        idle_ms = int(self.settings.connection_idle_s * 1000)
+        self.server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=[
+            # Connections without streams are closed; silent peers are found by keepalive pings.
+            ("grpc.max_connection_idle_ms", idle_ms),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            # One message is one audio chunk (<= max_chunk_ms): 1 MiB bounds what one read can buffer.
+            ("grpc.max_receive_message_length", 1 << 20),
+        ])
         self.server.add_generic_rpc_handlers((self.service.handlers(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
@@ -282,13 +324,14 @@ class Orchestrator:
             await self.health.set(name, status)
 
     async def _watch_dependencies(self) -> None:
-        """Health follows Redis and the models: NOT_SERVING (and new streams UNAVAILABLE) while one is down."""
+        """Health follows Redis and the models: NOT_SERVING (and new streams UNAVAILABLE) while one is down or
+        does not answer within redis_timeout_s (so within interval + timeout of a freeze)."""
         while True:
             await asyncio.sleep(self.settings.health_interval_s)
             try:
                 await self.store.ping()
-                serving = await self.backend.ready()
-            except BackendUnavailable:
+                serving = await asyncio.wait_for(self.backend.ready(), self.settings.redis_timeout_s)
+            except (BackendUnavailable, TimeoutError):
                 serving = False
             if serving != self.service.ready:
                 log.warning("dependencies %s", "back: serving" if serving else "down: not serving")

@@ -2,6 +2,9 @@
 
 One JSON value per session under `glmvoice:session:<id>`, with a TTL refreshed on every write and read.
 Any orchestrator replica can load a session and serve its next turn.
+
+Every Redis operation is bounded by one timeout and never retried by the client: a frozen Redis costs a
+caller `timeout_s`, not a multiple of it, and the caller hears UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import uuid
 from dataclasses import asdict, dataclass, field
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from services.orchestrator.errors import BackendUnavailable, InvalidInput, NotFound
@@ -50,12 +55,19 @@ def _check_id(session_id: str) -> None:
         raise InvalidInput("session_id must be 1-128 characters of letters, digits, '-' or '_'")
 
 
+def connect(addr: str, timeout_s: float, password: str = "", tls: bool = False, ca_file: str | None = None) -> aioredis.Redis:
+    """An asyncio Redis client whose every call fails within `timeout_s` (connect and each reply, no retries)."""
+    host, _, port = addr.rpartition(":")
+    options = {"ssl": True, "ssl_ca_certs": ca_file} if tls else {}
+    return aioredis.Redis(
+        host=host or "127.0.0.1", port=int(port), password=password or None, socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0), **options,
+    )
+
+
 class SessionStore:
-    def __init__(self, addr: str, ttl_s: int):
-        host, _, port = addr.rpartition(":")
-        self.addr = addr
-        self.ttl_s = ttl_s
-        self.redis = aioredis.Redis(host=host or "127.0.0.1", port=int(port), socket_timeout=5, socket_connect_timeout=5)
+    def __init__(self, redis: aioredis.Redis, addr: str, ttl_s: int):
+        self.redis, self.addr, self.ttl_s = redis, addr, ttl_s
 
     async def ping(self) -> None:
         try:

@@ -46,8 +46,22 @@ class Settings:
     # reads it from the checkpoint instead.
     decoder_block_codes: int = 10
     max_new_tokens: int = 2000  # default reply budget (LM ids) unless the client sets one
-    health_interval_s: float = 5.0  # how often Redis and the models are checked for the health status
+    health_interval_s: float = 1.0  # how often Redis and the models are checked for the health status
     bind_address: str = "[::]"
+    # Redis: every operation is bounded by redis_timeout_s, once (no client retries multiplying it).
+    redis_timeout_s: float = 1.0
+    redis_password: str = ""  # Redis AUTH (the chart generates it into a Secret)
+    redis_tls: bool = False
+    redis_ca_file: Path | None = None  # CA bundle that signs Redis's certificate (with redis_tls)
+    # Bounds checked as input arrives, before the work they would cause.
+    max_turn_s: float = 60.0  # seconds of audio in one user turn
+    stream_idle_s: float = 60.0  # a Converse stream whose client sends nothing this long is ended
+    connection_idle_s: float = 300.0  # an HTTP/2 connection with no stream this long is closed
+    # Per API key, across all replicas (counted in Redis); 0 = unlimited. Without API keys there are no
+    # tenants to tell apart, and only the per-replica max_streams applies.
+    quota_streams: int = 8  # live Converse streams per key
+    quota_sessions_per_minute: int = 60  # new sessions per key per minute
+    quota_audio_s_per_minute: float = 600.0  # seconds of user audio per key per minute
 
     @property
     def llm_dir(self) -> Path:
@@ -80,6 +94,11 @@ class Settings:
             raise SettingsError(f"GLMVOICE_API_KEYS_FILE {self.api_keys_file} does not exist")
         if self.max_streams < 1:
             raise SettingsError("MAX_STREAMS must be >= 1")
+        if self.redis_ca_file is not None and not self.redis_ca_file.is_file():
+            raise SettingsError(f"REDIS_CA_FILE {self.redis_ca_file} does not exist")
+        for name in ("redis_timeout_s", "max_turn_s", "stream_idle_s", "connection_idle_s"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{ENVIRONMENT[name]} must be > 0")
         return self
 
     @classmethod
@@ -95,7 +114,7 @@ class Settings:
             if raw is not None:
                 kind = type(getattr(cls, name)) if name not in PATHS else Path
                 try:
-                    values[name] = kind(raw)
+                    values[name] = _parse_bool(raw) if kind is bool else kind(raw)
                 except ValueError as exc:
                     raise SettingsError(f"{env_name} (--{name.replace('_', '-')}): {exc}") from exc
         return cls(**values)
@@ -109,6 +128,18 @@ ENVIRONMENT = {
     "tokenizer_dir": "TOKENIZER_DIR", "grpc_port": "GRPC_PORT", "metrics_port": "METRICS_PORT",
     "max_streams": "MAX_STREAMS", "api_keys_file": "GLMVOICE_API_KEYS_FILE", "otel_endpoint": "OTEL_EXPORTER_OTLP_ENDPOINT",
     "log_level": "LOG_LEVEL", "session_ttl_s": "SESSION_TTL_S", "decoder_block_codes": "DECODER_BLOCK_CODES",
-    "bind_address": "BIND_ADDRESS",
+    "bind_address": "BIND_ADDRESS", "health_interval_s": "HEALTH_INTERVAL_S",
+    "redis_timeout_s": "REDIS_TIMEOUT_S", "redis_password": "REDIS_PASSWORD", "redis_tls": "REDIS_TLS",
+    "redis_ca_file": "REDIS_CA_FILE", "max_turn_s": "MAX_TURN_S", "stream_idle_s": "STREAM_IDLE_S",
+    "connection_idle_s": "CONNECTION_IDLE_S", "quota_streams": "QUOTA_STREAMS",
+    "quota_sessions_per_minute": "QUOTA_SESSIONS_PER_MINUTE", "quota_audio_s_per_minute": "QUOTA_AUDIO_S_PER_MINUTE",
 }
-PATHS = frozenset({"checkpoints", "tokenizer_dir", "api_keys_file"})
+PATHS = frozenset({"checkpoints", "tokenizer_dir", "api_keys_file", "redis_ca_file"})
+
+
+def _parse_bool(raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
