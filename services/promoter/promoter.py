@@ -70,11 +70,12 @@ class PromoterSettings:
         return cls(**{**values, "model_repository": repository, "store": Path(values["store"])})
 
 
-def redis_client(addr: str):
+def redis_client(addr: str, password: str = ""):
+    """The registry's Redis; REDIS_PASSWORD (the chart's Secret) when Redis requires AUTH."""
     import redis
 
     host, _, port = addr.rpartition(":")
-    return redis.Redis(host=host or "localhost", port=int(port or 6379))
+    return redis.Redis(host=host or "localhost", port=int(port or 6379), password=password or None, socket_timeout=10)
 
 
 def discover_replicas(settings: PromoterSettings, core_api=None) -> list[Replica]:

@@ -242,8 +242,7 @@ def test_promoter_role_is_exactly_what_a_swap_needs(helm):
              for r in roles[f"{RELEASE}-glmvoice-promoter"]["rules"]}
     read = {"get", "list", "watch"}
     assert rules == {(("",), ("pods", "endpoints")): read,
-                     (("discovery.k8s.io",), ("endpointslices",)): read,
-                     (("batch",), ("jobs",)): read | {"create"}}
+                     (("discovery.k8s.io",), ("endpointslices",)): read}
 
 
 def test_only_the_promoter_gets_an_api_token(helm):

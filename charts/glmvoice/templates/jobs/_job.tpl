@@ -95,6 +95,7 @@ how to find the Triton pods of the model it swaps. Takes {"ctx", "model"}.
 {{- define "glmvoice.promoterEnv" -}}
 - name: REDIS_ADDR
   value: {{ include "glmvoice.redisAddr" .ctx | quote }}
+{{ include "glmvoice.redisPasswordEnv" .ctx }}
 - name: GLMVOICE_MODEL_REPOSITORY
   value: /models/repository
 - name: GLMVOICE_STORE
