@@ -14,6 +14,7 @@ import numpy as np
 from scipy.signal import resample_poly
 
 SUPPORTED_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
+WAV_RATES = (8000, 192000)  # sample rates a WAV file may declare (lowest, highest)
 # Sample rates a reply can be delivered at (the decoder makes 22.05 kHz; the rest are resampled).
 OUTPUT_RATES = (8000, 16000, 22050, 24000, 48000)
 
@@ -31,6 +32,9 @@ def read_wav(source: str | Path | bytes) -> tuple[np.ndarray, int]:
             frames = wav.readframes(wav.getnframes())
     except (wave.Error, EOFError, RuntimeError) as exc:  # the wave module raises RuntimeError on bad chunk sizes
         raise AudioFormatError(f"not a readable WAV file: {exc}") from exc
+    # A header may declare any rate; resampling 1 Hz audio to 16 kHz would multiply it 16,000-fold.
+    if not WAV_RATES[0] <= rate <= WAV_RATES[1]:
+        raise AudioFormatError(f"WAV sample rate {rate} Hz is outside {WAV_RATES[0]}..{WAV_RATES[1]} Hz")
     if width == 1:  # 8-bit WAV is unsigned
         samples = (np.frombuffer(frames, np.uint8).astype(np.float32) - 128.0) / 128.0
     elif width == 2:

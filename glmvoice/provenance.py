@@ -9,6 +9,7 @@ bool, "failed": [reasons], "thresholds": {...}, "evaluated_at"}; a checkpoint wi
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
@@ -104,3 +105,12 @@ def read_metrics(directory: str | Path) -> dict:
     if not isinstance(doc.get("metrics"), dict) or not isinstance(doc.get("gate"), bool):
         raise ValueError(f"{path}: expected 'metrics' (object) and 'gate' (bool)")
     return doc
+
+
+def valid_run_id(run_id: str) -> str:
+    """A checkpoint / run id, checked before it becomes part of a path or a Kubernetes name (never `..`, `/`)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,40}", run_id):
+        raise ValueError(f"run id {run_id!r}: use 1-41 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit")
+    return run_id
+

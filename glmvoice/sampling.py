@@ -3,6 +3,7 @@ gateway can validate and carry them without loading the model stack (glmvoice.ru
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 # The official GLM-4-Voice demo's settings, as SamplingParams keyword arguments.
@@ -19,6 +20,9 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self):
+        for name in ("temperature", "top_p", "repetition_penalty", "presence_penalty"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:

@@ -45,7 +45,8 @@ def run_steps(
     history: dict[str, list[float]] = {}
     start = 0
     if state_file and state_file.exists():
-        state = torch.load(state_file, weights_only=False)  # our own file, written below
+        # weights_only: the store is shared, so the state file is read without unpickling arbitrary objects.
+        state = torch.load(state_file, weights_only=True)
         for name, obj in stateful.items():
             obj.load_state_dict(state["objects"][name])
         rng.setstate(state["rng"])

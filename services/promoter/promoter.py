@@ -140,9 +140,9 @@ class Promoter:
 
     def ingest(self, model: str, checkpoint_id: str, why: str) -> Checkpoint:
         """Registers <store>/<model>/<id> as a candidate and records its evaluation, if not done yet."""
-        from glmvoice.provenance import read_provenance
+        from glmvoice.provenance import read_provenance, valid_run_id
 
-        path = self.settings.store / model / checkpoint_id
+        path = self.settings.store / model / valid_run_id(checkpoint_id)
         if not self.registry.exists(model, checkpoint_id):
             if not path.is_dir():
                 raise FileNotFoundError(f"checkpoint {path} does not exist")

@@ -52,7 +52,8 @@ def _api(kubeconfig: str | None):
 
 
 def run(args) -> int:
-    from training.jobs.submit import JobRunner, JobSettings, chain_from, valid_run_id
+    from glmvoice.provenance import valid_run_id
+    from training.jobs.submit import JobRunner, JobSettings, chain_from
 
     valid_run_id(args.run_id)
     image = args.image or os.environ.get("GLMVOICE_IMAGE")

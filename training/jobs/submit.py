@@ -9,7 +9,6 @@ deadline passed; the Job is then deleted so it stops using the cluster).
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field, replace
 
@@ -277,10 +276,3 @@ class JobRunner:
 def chain_from(kind: str) -> list[str]:
     """`train` chains train → evaluate → promote; `evaluate` chains evaluate → promote."""
     return list(KINDS[KINDS.index(kind):])
-
-
-def valid_run_id(run_id: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,40}", run_id):
-        raise ValueError(f"run id {run_id!r}: use 1-41 letters, digits, '.', '_' or '-', "
-                         "starting with a letter or digit")
-    return run_id
