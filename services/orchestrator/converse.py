@@ -29,7 +29,7 @@ from glmvoice.models.text_tokenizer import AUDIO_END
 from glmvoice.telemetry import record_spans, trace_headers
 from services.orchestrator import events as ev
 from services.orchestrator.backends import Backend, DecoderSession, LMRequest
-from services.orchestrator.errors import InvalidInput, OrchestratorError
+from services.orchestrator.errors import BackendUnavailable, InvalidInput, OrchestratorError
 from services.orchestrator.session_store import SessionRecord, SessionStore, TurnRecord
 from services.orchestrator.settings import Settings
 from services.orchestrator.turns import Reply, UserTurn, ms
@@ -337,7 +337,10 @@ class ConverseSession:
         speech = sum(1 for t in kept if self.tokenizer.is_audio(t))
         self.record.ids = list(self.conversation.ids)
         self.record.turns += [user, TurnRecord(role="assistant", text=text, speech_tokens=speech)]
-        await self.store.save(self.record)
+        try:
+            await self.store.save(self.record)
+        except BackendUnavailable as exc:  # the caller heard a reply the history does not hold: say so
+            raise BackendUnavailable(f"this turn was not saved to session {self.record.session_id}: {exc}") from exc
         ended = time.perf_counter()
         seconds = state.samples_sent / self.config.output_audio.sample_rate
         latency = ev.Latency(

@@ -14,6 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from glmvoice.client import config_request, frames
+from glmvoice.v1 import voice_chat_pb2 as pb
 from services.local_stack import RedisServer
 from services.orchestrator.errors import BackendUnavailable, Exhausted
 from services.orchestrator.quotas import QuotaLimits, Quotas
@@ -232,3 +233,37 @@ def test_replicas_share_the_stream_quota(limited, checkpoints, keys_file):  # no
         for stream in first:
             stream.shutdown()
         second.stop()
+
+
+def test_redis_killed_mid_reply_tells_the_caller_and_recovers(limited):
+    """The caller heard a reply the history cannot hold: the stream ends UNAVAILABLE saying so (never a silent
+    loss); with Redis back, new turns are served again."""
+    server, redis = limited
+    time.sleep(0.5)
+    stream = LiveStream(server.address, KEYS[1])
+    try:
+        stream.send(config_request("LINEAR16", 16000, "LINEAR16", 16000, max_new_tokens=400, **GREEDY))
+        assert stream.next_event(30).WhichOneof("event") == "session_started"
+        stream.send(pb.ConverseRequest(text=pb.TextTurn(text="tell me a long story")))
+        assert stream.next_event(60).WhichOneof("event") in ("text_delta", "audio")
+        redis.process.kill()
+        redis.process.wait()
+        with pytest.raises(grpc.RpcError) as info:
+            while True:
+                stream.next_event(60)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "not saved" in info.value.details()
+    finally:
+        stream.shutdown()
+        redis.start()  # same port and directory
+    deadline = time.monotonic() + 20
+    while True:
+        probe = LiveStream(server.address, KEYS[1])
+        probe.send(_config())
+        try:
+            assert probe.next_event(10).WhichOneof("event") == "session_started"
+            break
+        except grpc.RpcError:
+            assert time.monotonic() < deadline, "not serving again after Redis came back"
+            time.sleep(0.3)
+        finally:
+            probe.shutdown()
