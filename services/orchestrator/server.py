@@ -1,4 +1,4 @@
-"""The gRPC server: `glmvoice.v1.VoiceChat` (thin handlers over pipeline.ConverseSession), health, reflection.
+"""The gRPC server: `glmvoice.v1.VoiceChat` (thin handlers over converse.ConverseSession), health, reflection.
 
 Handlers only authenticate, convert protobuf to the dataclasses of `events`, and delegate; every error
 leaves through errors.ErrorInterceptor. Converse requests arrive as raw bytes and are parsed here, so a
