@@ -21,7 +21,7 @@ def frames(samples, rate: int, encoding: str, frame_ms: int = FRAME_MS) -> list[
 
 def config_request(
     in_encoding: str, in_rate: int, out_encoding: str, out_rate: int, *, server_vad: bool = False,
-    session_id: str = "", style: str = "", vad_silence_ms: int = 0, **sampling,
+    session_id: str = "", style: str = "", vad_silence_ms: int = 0, vad_threshold: float = 0.0, **sampling,
 ):
     from glmvoice.v1 import common_pb2
     from glmvoice.v1 import voice_chat_pb2 as pb
@@ -32,7 +32,7 @@ def config_request(
     detection = pb.TURN_DETECTION_SERVER_VAD if server_vad else pb.TURN_DETECTION_CLIENT
     return pb.ConverseRequest(config=pb.SessionConfig(
         input_audio=fmt(in_encoding, in_rate), output_audio=fmt(out_encoding, out_rate), turn_detection=detection,
-        session_id=session_id, style_instruction=style, vad_silence_ms=vad_silence_ms,
+        session_id=session_id, style_instruction=style, vad_silence_ms=vad_silence_ms, vad_threshold=vad_threshold,
         sampling=common_pb2.SamplingParams(**{k: v for k, v in sampling.items() if v is not None}),
     ))
 

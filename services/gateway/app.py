@@ -237,7 +237,7 @@ def create_app(settings: GatewaySettings, tracer=None) -> FastAPI:
     async def realtime(websocket: WebSocket):
         websockets.inc()
         try:
-            await realtime_session(websocket, app.state.upstream, key_metadata(websocket.headers, websocket.query_params))
+            await realtime_session(websocket, app.state.upstream, key_metadata)
         finally:
             websockets.dec()
 

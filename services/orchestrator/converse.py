@@ -32,7 +32,7 @@ from services.orchestrator.backends import Backend, DecoderSession, LMRequest
 from services.orchestrator.errors import BackendUnavailable, InvalidInput, OrchestratorError
 from services.orchestrator.session_store import SessionRecord, SessionStore, TurnRecord
 from services.orchestrator.settings import Settings
-from services.orchestrator.turns import Reply, UserTurn, ms
+from services.orchestrator.turns import LastReply, Reply, UserTurn, ms
 from services.orchestrator.vad import VadModel, VadStream
 
 log = logging.getLogger("glmvoice.orchestrator")
@@ -98,7 +98,7 @@ class ConverseSession:
         self.vad = None
         if config.server_vad:
             self.vad = VadStream(
-                vad_model, settings.vad_threshold, settings.vad_min_speech_ms, config.vad_silence_ms,
+                vad_model, config.vad_threshold or settings.vad_threshold, settings.vad_min_speech_ms, config.vad_silence_ms,
             )
         self.pre_roll = np.zeros(0, np.float32)
         self.received = 0  # 16 kHz samples received in this stream
@@ -106,6 +106,7 @@ class ConverseSession:
         self.meter, self.unmetered = meter, 0  # 16 kHz samples received and not yet counted
         self.max_turn_samples = int(settings.max_turn_s * backend.input_rate)
         self.reply: asyncio.Task | None = None
+        self.last_reply: LastReply | None = None  # what Truncate cuts
         self.max_chunk_bytes = (
             config.input_audio.sample_rate * settings.max_chunk_ms // 1000 * config.input_audio.bytes_per_sample
         )
@@ -183,8 +184,9 @@ class ConverseSession:
         self.turn = UserTurn(self.backend.open_tokenizer(self.trace_headers), block, self.prefill,
                              lambda: not self.replying)
 
-    async def end_turn(self) -> None:
-        """End of the user's speech (VAD stop, EndOfTurn, or the client half-closing): answer it."""
+    async def end_turn(self, instruction: str = "") -> None:
+        """End of the user's speech (VAD stop, EndOfTurn, or the client half-closing): answer it.
+        `instruction`: this reply's style instruction, in place of the session's."""
         turn, self.turn = self.turn, None
         if turn is None:
             return
@@ -194,11 +196,12 @@ class ConverseSession:
             log.info("turn with no speech tokens ignored", extra={"session_id": self.record.session_id})
             return
         # A spoken turn's readable text is the style instruction it carries (the first turn's), if any.
-        user = TurnRecord(role="user", text=self._instruction(), speech_tokens=len(codes))
-        prompt = self._prompt(codes)
+        instruction = instruction.strip() or self._instruction()
+        user = TurnRecord(role="user", text=instruction, speech_tokens=len(codes))
+        prompt = self.conversation.add_speech(codes, instruction)
         self._start_reply(prompt, user, speech_end, tokenize_ms)
 
-    async def on_text(self, text: str) -> None:
+    async def on_text(self, text: str, instruction: str = "") -> None:
         if not text.strip():
             raise InvalidInput("text turn is empty")
         if len(text) > self.settings.max_text_chars:
@@ -207,12 +210,33 @@ class ConverseSession:
         if self.turn is not None:
             await self.turn.abort()
             self.turn = None
-        instruction = self._instruction()
+        instruction = instruction.strip() or self._instruction()
         prompt = self.conversation.add_text(f"{instruction}\n{text}" if instruction else text)
         self._start_reply(prompt, TurnRecord(role="user", text=text), time.perf_counter(), 0.0)
 
     async def on_cancel(self) -> None:
         await self.cancel_reply()
+
+    async def on_truncate(self, audio_end_ms: int) -> None:
+        """Barge-in as the client heard it: the last reply keeps the speech tokens of `audio_end_ms`."""
+        await self.cancel_reply()
+        last = self.last_reply
+        if last is None:
+            raise InvalidInput("truncate: this stream has no reply to truncate")
+        if audio_end_ms < 0 or audio_end_ms > round(last.audio_seconds * 1000):
+            raise InvalidInput(f"truncate: audio_end_ms {audio_end_ms} is outside the reply's {last.audio_seconds * 1000:.0f} ms of audio")
+        # Audio per speech token is measured on this reply (the decoder's output length is proportional to tokens).
+        heard = int(audio_end_ms / 1000 / last.audio_seconds * last.speech_tokens) if last.audio_seconds else 0
+        kept = last.ids[: self._cut(last.ids, heard)]
+        self.conversation.ids = self.conversation.ids[: last.start] + kept
+        text = self.tokenizer.decode([t for t in kept if self.tokenizer.is_text(t)])
+        speech = sum(1 for t in kept if self.tokenizer.is_audio(t))
+        self.record.ids = list(self.conversation.ids)
+        self.record.turns[-1] = TurnRecord(role="assistant", text=text, speech_tokens=speech)
+        await self.store.save(self.record)
+        seconds = last.audio_seconds * speech / last.speech_tokens if last.speech_tokens else 0.0
+        self.last_reply = LastReply(last.start, kept, speech, seconds)
+        self.out.put_nowait(ev.ReplyTruncated(text, speech, seconds))
 
     async def close(self) -> None:
         """The client half-closed: answer an open turn, let the reply finish, then end the stream."""
@@ -233,10 +257,6 @@ class ConverseSession:
     def _instruction(self) -> str:
         # The style instruction is said once, with the first user turn, in the user's words.
         return self.config.style_instruction.strip() if not self.conversation.ids else ""
-
-    def _prompt(self, codes: list[int]) -> list[int]:
-        """History + this speech turn (extends the conversation)."""
-        return self.conversation.add_speech(codes, self._instruction())
 
     async def prefill(self, codes: list[int]) -> None:
         """Prefills history + the user's speech so far (up to, not including, `<|end_of_audio|>`)."""
@@ -320,14 +340,17 @@ class ConverseSession:
         if state.final_chunk_sent:
             return state.ids
         heard = min(state.codes_sent, state.chunks_sent * self.backend.decoder_block)
-        kept, codes = [], 0
-        for token in state.ids:
+        return state.ids[: self._cut(state.ids, heard)]
+
+    def _cut(self, ids: list[int], speech_tokens: int) -> int:
+        """The length of `ids` up to (not including) the speech token after the first `speech_tokens`."""
+        codes = 0
+        for index, token in enumerate(ids):
             if self.tokenizer.is_audio(token):
-                if codes == heard:
-                    break
+                if codes == speech_tokens:
+                    return index
                 codes += 1
-            kept.append(token)
-        return kept
+        return len(ids)
 
     async def _commit(self, prompt, user: TurnRecord, state: Reply, reason: str, speech_end, tokenize_ms, started) -> None:
         kept = self._kept_ids(state)
@@ -343,6 +366,10 @@ class ConverseSession:
             raise BackendUnavailable(f"this turn was not saved to session {self.record.session_id}: {exc}") from exc
         ended = time.perf_counter()
         seconds = state.samples_sent / self.config.output_audio.sample_rate
+        self.last_reply = LastReply(len(prompt), self.conversation.ids[len(prompt):], speech, seconds)
+        prompt_audio = sum(1 for t in prompt if self.tokenizer.is_audio(t))
+        generated_audio = sum(1 for t in state.ids if self.tokenizer.is_audio(t))
+        usage = ev.Usage(len(prompt) - prompt_audio, prompt_audio, len(state.ids) - generated_audio, generated_audio)
         latency = ev.Latency(
             tokenize_ms=tokenize_ms,
             prefill_ms=ms(state.first_token - started) if state.first_token else 0.0,
@@ -364,4 +391,4 @@ class ConverseSession:
             {"session_id": self.record.session_id, "reason": reason, **{f"latency.{k}": v for k, v in latency.__dict__.items()}},
             self.trace_context,
         )
-        self.out.put_nowait(ev.TurnEnded(reason, text, seconds, latency))
+        self.out.put_nowait(ev.TurnEnded(reason, text, seconds, latency, usage))

@@ -28,6 +28,7 @@ class StreamConfig:
     vad_silence_ms: int = 500
     style_instruction: str = ""
     session_id: str = ""
+    vad_threshold: float = 0.0  # 0: the server's setting
 
 
 # Server -> client.
@@ -70,8 +71,26 @@ class Latency:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """LM ids of one turn: the whole prompt in, what was generated out."""
+
+    input_text_tokens: int = 0
+    input_audio_tokens: int = 0
+    output_text_tokens: int = 0
+    output_audio_tokens: int = 0
+
+
+@dataclass(frozen=True)
 class TurnEnded:
     reason: str  # "completed", "length" or "cancelled"
     text: str
     audio_seconds: float
     latency: Latency = field(default_factory=Latency)
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass(frozen=True)
+class ReplyTruncated:
+    text: str
+    speech_tokens: int
+    audio_seconds: float

@@ -76,6 +76,8 @@ def stream_config(request: pb.ConverseRequest, settings: Settings) -> ev.StreamC
         raise InvalidInput(f"style_instruction exceeds {settings.max_text_chars} characters")
     if config.vad_silence_ms < 0 or config.vad_silence_ms > 10_000:
         raise InvalidInput("vad_silence_ms must be within 0..10000 (0: default 500)")
+    if not 0.0 <= config.vad_threshold < 1.0:
+        raise InvalidInput(f"vad_threshold must be within (0, 1) (0: the server's setting), got {config.vad_threshold}")
     return ev.StreamConfig(
         input_audio=audio_spec(config.input_audio, "input_audio", codecs.SUPPORTED_RATES),
         output_audio=audio_spec(config.output_audio, "output_audio", OUTPUT_RATES),
@@ -85,6 +87,7 @@ def stream_config(request: pb.ConverseRequest, settings: Settings) -> ev.StreamC
         vad_silence_ms=config.vad_silence_ms or 500,
         style_instruction=config.style_instruction,
         session_id=config.session_id,
+        vad_threshold=config.vad_threshold,
     )
 
 
@@ -108,8 +111,12 @@ RESPONSES = {
     ev.AudioOut: lambda e: pb.ConverseResponse(audio=pb.AudioOut(data=e.data)),
     ev.TurnEnded: lambda e: pb.ConverseResponse(
         turn_ended=pb.TurnEnded(
-            reason=TURN_END_REASONS[e.reason], text=e.text, audio_seconds=e.audio_seconds, latency=_latency(e.latency)
+            reason=TURN_END_REASONS[e.reason], text=e.text, audio_seconds=e.audio_seconds, latency=_latency(e.latency),
+            usage=pb.TurnUsage(**e.usage.__dict__),
         )
+    ),
+    ev.ReplyTruncated: lambda e: pb.ConverseResponse(
+        truncated=pb.ReplyTruncated(text=e.text, speech_tokens=e.speech_tokens, audio_seconds=e.audio_seconds)
     ),
 }
 
@@ -206,9 +213,10 @@ class VoiceChat:
     async def _read(self, session: ConverseSession, requests) -> None:
         dispatch = {
             "audio": lambda m: session.on_audio(m.audio.data),
-            "text": lambda m: session.on_text(m.text.text),
-            "end_of_turn": lambda m: session.end_turn(),
+            "text": lambda m: session.on_text(m.text.text, m.text.instruction),
+            "end_of_turn": lambda m: session.end_turn(m.end_of_turn.instruction),
             "cancel": lambda m: session.on_cancel(),
+            "truncate": lambda m: session.on_truncate(m.truncate.audio_end_ms),
         }
         idle_s = self.settings.stream_idle_s
         try:

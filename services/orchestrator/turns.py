@@ -80,3 +80,14 @@ class Reply:
     first_speech: float | None = None
     first_audio: float | None = None
     speech_decode_ms: float = 0.0
+
+
+@dataclass
+class LastReply:
+    """The stream's last reply as the history keeps it, for Truncate: where it starts in the history,
+    its kept ids, and the speech tokens and audio seconds those ids make."""
+
+    start: int
+    ids: list[int]
+    speech_tokens: int
+    audio_seconds: float
