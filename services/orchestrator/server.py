@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from glmvoice import audio as codecs
 from glmvoice.audio import OUTPUT_RATES
@@ -26,6 +25,7 @@ from glmvoice.v1 import common_pb2
 from glmvoice.v1 import voice_chat_pb2 as pb
 from services.orchestrator import events as ev
 from services.orchestrator.auth import ANONYMOUS, ApiKeys
+from services.orchestrator.discovery import HEALTH, enable_health_list, enable_reflection
 from services.orchestrator.converse import ConverseSession
 from services.orchestrator.errors import BackendUnavailable, DeadlineExceeded, ErrorInterceptor, Exhausted, InvalidInput
 from services.orchestrator.quotas import QuotaLimits, Quotas
@@ -308,8 +308,8 @@ class Orchestrator:
         ])
         self.server.add_generic_rpc_handlers((self.service.handlers(),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        names = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
-        reflection.enable_server_reflection(names, self.server)
+        enable_health_list(self.server, self.health)
+        enable_reflection(self.server, (SERVICE, HEALTH))
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.port = self.server.add_insecure_port(f"{self.settings.bind_address}:{self.settings.grpc_port}")

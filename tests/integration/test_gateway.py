@@ -22,7 +22,6 @@ from tests.integration.test_orchestrator import (  # noqa: F401 - shared fixture
     CLIP,
     KEYS,
     checkpoints,
-    clip_frames,
     keys_file,
     orchestrator,
     triton_settings,

@@ -21,6 +21,7 @@ from glmvoice.audio import decode, read_wav, resample
 from glmvoice.client import Transcript, config_request, frames
 from glmvoice.v1 import voice_chat_pb2 as pb
 from glmvoice.v1.voice_chat_pb2_grpc import VoiceChatStub
+from services.orchestrator.discovery import HealthListRequest, HealthListResponse
 from services.orchestrator.server import OrchestratorThread
 from services.orchestrator.settings import Settings
 from tests.fixtures.redis import redis_server  # noqa: F401 - fixture, until tests/conftest.py registers the plugin
@@ -357,7 +358,20 @@ def test_health_and_reflection(orchestrator):
         request = reflection_pb2.ServerReflectionRequest(list_services="")
         [reply] = list(reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(iter([request]), timeout=5))
         names = {s.name for s in reply.list_services_response.service}
-    assert {"glmvoice.v1.VoiceChat", "grpc.health.v1.Health"} <= names
+        # Reflection v1 (what current grpcurl asks first): the same answers under the v1 name.
+        v1 = channel.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                                   request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                                   response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+        symbol = reflection_pb2.ServerReflectionRequest(file_containing_symbol="glmvoice.v1.VoiceChat")
+        [listed, described] = list(v1(iter([request, symbol]), timeout=5))
+        listing = channel.unary_unary("/grpc.health.v1.Health/List", request_serializer=HealthListRequest.SerializeToString,
+                                      response_deserializer=HealthListResponse.FromString)(HealthListRequest(), timeout=5)
+    assert {"glmvoice.v1.VoiceChat", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection"} <= names
+    assert {s.name for s in listed.list_services_response.service} == names
+    assert described.file_descriptor_response.file_descriptor_proto
+    statuses = {entry.key: entry.value.status for entry in listing.statuses}
+    assert statuses == {"": health_pb2.HealthCheckResponse.SERVING, "glmvoice.v1.VoiceChat": health_pb2.HealthCheckResponse.SERVING}
 
 
 def test_speech_is_prefilled_while_the_user_speaks(inprocess_orchestrator, tiny_llm_dir):
