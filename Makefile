@@ -53,7 +53,7 @@ engines: tiny  ## ONNX exports, then TensorRT plans into build/engines (GPU node
 demo: tiny  ## README's first command: a real recording through the tokenizer and the tiny LM
 	$(PY) -m services.demo --checkpoints $(CKPT)
 
-up: setup  ## Redis, Triton, orchestrator and gateway in the background (state in build/stack/stack.json)
+up: tiny  ## Redis, Triton, orchestrator and gateway in the background; prints their addresses (kept in build/stack/stack.json for `glmvoice chat`)
 	$(PY) -m services.local_stack up --checkpoints $(CKPT)
 
 down:  ## stop what `make up` started

@@ -4,11 +4,22 @@ one way everywhere."""
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 FRAME_MS = 20
+# Where `make up` (services.local_stack) writes the addresses it chose; GLMVOICE_STACK_FILE overrides.
+STACK_FILE = Path("build/stack/stack.json")
+
+
+def stack_addresses() -> dict:
+    """The addresses of the stack `make up` started (empty when none is up)."""
+    path = Path(os.environ.get("GLMVOICE_STACK_FILE", STACK_FILE))
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def frames(samples, rate: int, encoding: str, frame_ms: int = FRAME_MS) -> list[bytes]:
@@ -62,7 +73,7 @@ class Transcript:
 
 def converse_wav(
     addr: str, audio_path, *, encoding: str = "LINEAR16", rate: int = 16000, out_encoding: str = "LINEAR16",
-    out_rate: int = 22050, realtime: bool = False, server_vad: bool = False, api_key: str | None = None,
+    out_rate: int = 22050, paced: bool = False, server_vad: bool = False, api_key: str | None = None,
     timeout: float = 300.0, **config,
 ) -> tuple[Transcript, np.ndarray]:
     """Streams a WAV as 20 ms frames to VoiceChat.Converse -> (everything sent back, reply waveform)."""
@@ -84,7 +95,7 @@ def converse_wav(
         yield first
         started = time.monotonic()
         for index, frame in enumerate(wire):
-            if realtime:  # frame i leaves when its audio would have been spoken
+            if paced:  # frame i leaves when its audio would have been spoken
                 time.sleep(max(0.0, started + index * FRAME_MS / 1000 - time.monotonic()))
             yield pb.ConverseRequest(audio=pb.AudioChunk(data=frame))
         if not server_vad:

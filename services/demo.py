@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: streaming {args.clip.name} as 20 ms mu-law 8 kHz frames{'' if args.no_realtime else ' in real time'}")
         transcript, reply = converse_wav(
             orchestrator.address, args.clip, encoding="MULAW", rate=8000, out_encoding="LINEAR16", out_rate=22050,
-            realtime=not args.no_realtime, server_vad=True, max_new_tokens=args.max_new_tokens,
+            paced=not args.no_realtime, server_vad=True, max_new_tokens=args.max_new_tokens,
         )
     finally:
         for server in (orchestrator, triton, redis):

@@ -2,7 +2,9 @@
 and the HTTP gateway.
 
 `python -m services.local_stack up --checkpoints DIR` starts them as background processes on free ports
-of 127.0.0.1 and writes their pids and addresses to build/stack/stack.json; `... down` stops them.
+of 127.0.0.1, trains the tiny checkpoints first where DIR lacks them, prints the addresses and writes them
+with the pids to build/stack/stack.json (glmvoice.client.STACK_FILE, where `glmvoice chat` finds them);
+`... down` stops them. A second `up` reports the stack that is up.
 services.demo and the integration tests use the same pieces in-process (RedisServer, start_triton).
 """
 
@@ -19,10 +21,10 @@ import sys
 import time
 from pathlib import Path
 
+from glmvoice.client import STACK_FILE as STATE
 from services.orchestrator.settings import CHECKPOINT_DIRS
 
 MODELS = {"speech_tokenizer": "tokenizer", "llm": "llm", "speech_decoder": "decoder"}
-STATE = Path("build/stack/stack.json")
 
 
 def free_port() -> int:
@@ -91,6 +93,7 @@ def ensure_checkpoints(directory: Path) -> list[str]:
     return missing
 
 
+
 def build_model_repository(checkpoints: Path, repository: Path) -> Path:
     from services.triton.repository import build_repository
 
@@ -135,9 +138,28 @@ def wait_for_health(addr: str, timeout_s: float) -> None:
     raise RuntimeError(f"orchestrator at {addr} not SERVING after {timeout_s:.0f} s")
 
 
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running() -> dict | None:
+    """The stack `up` started, if its processes still run; a stale state file (after a reboot) is removed."""
+    if not STATE.exists():
+        return None
+    state = json.loads(STATE.read_text())
+    if all(alive(pid) for pid in state["pids"].values()):
+        return state
+    down()
+    return None
+
+
 def up(checkpoints: Path, workdir: Path) -> dict:
-    if STATE.exists():
-        raise RuntimeError(f"{STATE} exists: a stack is up (run `make down` first)")
     built = ensure_checkpoints(checkpoints)
     workdir.mkdir(parents=True, exist_ok=True)
     redis = RedisServer(workdir / "redis").start(detach=True)
@@ -160,7 +182,8 @@ def up(checkpoints: Path, workdir: Path) -> dict:
                  "redis": redis.process.pid},
         "orchestrator": f"127.0.0.1:{port}", "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
         "gateway": f"http://127.0.0.1:{http_port}",
-        "triton": triton.grpc_url, "redis": redis.addr, "trained_missing_checkpoints": built,
+        "realtime": f"ws://127.0.0.1:{http_port}/v1/realtime", "triton": triton.grpc_url, "redis": redis.addr,
+        "trained_missing_checkpoints": built,
     }
     STATE.parent.mkdir(parents=True, exist_ok=True)
     STATE.write_text(json.dumps(state, indent=2))
@@ -180,11 +203,7 @@ def down() -> dict:
         except ProcessLookupError:
             continue
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
     STATE.unlink()
     return {"stopped": stopped}
@@ -198,7 +217,21 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--workdir", type=Path, default=Path("build/stack"))
     sub.add_parser("down", help="stop what `up` started")
     args = parser.parse_args(argv)
-    print(json.dumps(up(args.checkpoints, args.workdir) if args.command == "up" else down(), indent=2))
+    if args.command == "down":
+        print(json.dumps(down(), indent=2))
+        return 0
+    state = running()
+    if state is not None:
+        print(f"the stack is already up (`make down` stops it); its addresses are in {STATE}:")
+    else:
+        try:
+            state = up(args.checkpoints, args.workdir)
+        except (RuntimeError, subprocess.CalledProcessError) as exc:
+            print(f"make up: {exc}", file=sys.stderr)
+            return 2
+        print(f"the stack is up; its addresses are in {STATE} (where `glmvoice chat` finds them):")
+    for name in ("gateway", "realtime", "orchestrator", "metrics", "triton", "redis"):
+        print(f"  {name:<13} {state[name]}")
     return 0
 
 

@@ -18,7 +18,7 @@ COMMANDS = {
     "tokenize": ("glmvoice.cli.tokenize", "audio files to speech token codes (JSON lines)"),
     "generate": ("glmvoice.cli.generate", "run the LM on ids, text or audio; print ids, text and speech codes"),
     "synthesize": ("glmvoice.cli.synthesize", "speech codes to a waveform with the speech decoder"),
-    "chat": ("glmvoice.cli.chat", "one spoken turn against a running orchestrator (gRPC), reply to a WAV"),
+    "chat": ("glmvoice.cli.chat", "one spoken turn against a running stack (gRPC, or /v1/realtime with --ws), reply to a WAV"),
 }
 ENTRY_POINT_GROUP = "glmvoice.commands"
 

@@ -256,3 +256,23 @@ def test_auth_forms_and_beta_dialect(gateway):  # noqa: F811
     assert all(e["event_id"] for e in events)
     pcm = b"".join(base64.b64decode(e["delta"]) for e in events if e["type"] == "response.audio.delta")
     assert len(decode(pcm, "LINEAR16")) > 0
+
+
+def test_glmvoice_chat_finds_the_stack_and_speaks_both_protocols(gateway, orchestrator, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """`glmvoice chat q.wav` (gRPC) and `glmvoice chat q.wav --ws` (/v1/realtime) with no addresses: both come
+    from the stack file `make up` writes. The realtime turn resumes the gRPC turn's session."""
+    from glmvoice.cli import main
+
+    stack = tmp_path / "stack.json"
+    stack.write_text(json.dumps({"orchestrator": orchestrator.address, "gateway": f"http://{gateway}"}))
+    monkeypatch.setenv("GLMVOICE_STACK_FILE", str(stack))
+    common = ["--api-key", KEYS[0], "--temperature", "0", "--seed", "7", "--max-new-tokens", "40"]
+    assert main(["chat", str(CLIP), "--encoding", "mulaw", "--rate", "8000", "--out", str(tmp_path / "a.wav"), *common]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(["chat", str(CLIP), "--ws", "--encoding", "mulaw", "--out", str(tmp_path / "b.wav"),
+                 "--session-id", first["session_id"], *common]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["session_id"] == first["session_id"] and second["status"] in ("completed", "incomplete")
+    audio, rate = read_wav(tmp_path / "b.wav")
+    assert rate == 24000 and len(audio) / rate == pytest.approx(second["audio_seconds"], abs=1e-3)
+    assert second["usage"]["input_token_details"]["audio_tokens"] > 0 and second["latency_ms"]["first_audio"] > 0

@@ -103,7 +103,8 @@ class Conversation:
         socket = self.socket
         before = socket.settings
         socket.settings = apply_update(before, event.get("session"))
-        if socket.settings.converse_config("") != before.converse_config(""):
+        resume = socket.settings.extension.get("session_id") != before.extension.get("session_id")
+        if resume or socket.settings.converse_config("") != before.converse_config(""):
             await socket.reopen()
         await socket.send(self.events.make("session.updated", session=socket.session_json()))
 
