@@ -87,6 +87,8 @@ def test_sdk_spoken_turn_at_24k_pcm16(gateway, orchestrator):  # noqa: F811
             created = await client.next()
             assert created.type == "session.created" and created.session.model == "glm-4-voice"
             session_id = created.session.model_extra["glmvoice"]["session_id"]
+            conversation = await client.next()
+            assert conversation.type == "conversation.created" and conversation.conversation.id == session_id
             await connection.session.update(session={
                 "type": "realtime", "output_modalities": ["audio"], "max_output_tokens": 60,
                 "audio": {"input": {"format": PCM24, "turn_detection": {"type": "server_vad", "silence_duration_ms": 500,
@@ -138,7 +140,7 @@ def test_sdk_mulaw_client_commits_barge_in_cancel_and_truncate(gateway, orchestr
                           "output": {"format": {"type": "audio/pcmu"}}},
                 "glmvoice": GREEDY,
             })
-            updated = await client.next()
+            updated = (await client.until("session.updated"))[-1]
             assert updated.session.audio.input.turn_detection is None
             await client.stream(encode(clip(8000, 0.0), "MULAW"), 800)
             await connection.input_audio_buffer.commit()
@@ -171,11 +173,37 @@ def test_sdk_mulaw_client_commits_barge_in_cancel_and_truncate(gateway, orchestr
     assert item.content[0].transcript == assistant.text and sent.text.startswith(assistant.text)
 
 
+def test_sdk_server_vad_barge_in_cancels_the_reply(gateway):  # noqa: F811
+    """Speech over a reply: speech_started, the reply ends cancelled (turn_detected), the new turn is answered."""
+    async def run():
+        async with sdk(gateway).realtime.connect(model="glm-4-voice") as connection:
+            client = Client(connection)
+            await client.until("conversation.created")
+            await connection.session.update(session={"type": "realtime", "max_output_tokens": 600, "glmvoice": GREEDY,
+                                                     "audio": {"input": {"format": PCM24}, "output": {"format": PCM24}}})
+            await client.until("session.updated")
+            speech = encode(clip(24000), "LINEAR16")
+            await client.stream(speech, 4800)
+            first = await client.until("response.output_audio.delta")
+            await client.stream(speech, 4800)  # the user speaks again while the reply plays
+            barge = await client.until("input_audio_buffer.speech_started")
+            ended = await client.until("response.done")
+            second = await client.until("response.done")
+            return first, barge, ended, second
+
+    first, barge, ended, second = asyncio.run(run())
+    reply_id = next(e.response.id for e in first if e.type == "response.created")
+    assert ended[-1].response.id == reply_id and ended[-1].response.status == "cancelled"
+    assert ended[-1].response.status_details.reason == "turn_detected"
+    assert not any(e.type == "response.done" for e in barge)
+    assert second[-1].response.id != reply_id and any(e.type == "input_audio_buffer.committed" for e in ended + second)
+
+
 def test_sdk_typed_errors_for_bad_input(gateway):  # noqa: F811
     async def run():
         async with sdk(gateway).realtime.connect(model="glm-4-voice") as connection:
             client = Client(connection)
-            await client.next()
+            await client.until("conversation.created")
             bad = [
                 {"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"format": {"type": "audio/flac"}}}}},
                 {"type": "session.update", "session": {"type": "realtime", "temperature_x": 1}},
@@ -211,7 +239,7 @@ def test_sdk_text_item_and_text_only_response(gateway):  # noqa: F811
     async def run():
         async with sdk(gateway).realtime.connect(model="glm-4-voice") as connection:
             client = Client(connection)
-            await client.next()
+            await client.until("conversation.created")
             await connection.conversation.item.create(item={"type": "message", "role": "user",
                                                             "content": [{"type": "input_text", "text": "hello there"}]})
             added = await client.until("conversation.item.done")
@@ -240,6 +268,7 @@ def test_auth_forms_and_beta_dialect(gateway):  # noqa: F811
         assert ws.subprotocol == "realtime"
         created = json.loads(ws.recv(timeout=30))
         assert created["type"] == "session.created" and created["session"]["input_audio_format"] == "pcm16"
+        assert json.loads(ws.recv(timeout=30))["type"] == "conversation.created"
         ws.send(json.dumps({"type": "session.update", "session": {
             "input_audio_format": "g711_ulaw", "output_audio_format": "pcm16", "turn_detection": None,
             "modalities": ["text", "audio"], "temperature": 0, "max_response_output_tokens": 40}}))

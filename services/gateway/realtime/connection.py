@@ -77,7 +77,9 @@ class RealtimeSocket:
             return
         offered = subprotocols(self.websocket)
         await self.websocket.accept(subprotocol="realtime" if "realtime" in offered else None)
-        await self.send(self.events.make("session.created", session=self.session_json()))
+        await self.send(self.events.make("session.created", session=self.session_json()),
+                        self.events.make("conversation.created", conversation={"id": self.stream.session_id,
+                                                                               "object": "realtime.conversation"}))
         reader = asyncio.create_task(self.read_client())
         try:
             await self.loop()
