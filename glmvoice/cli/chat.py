@@ -63,12 +63,12 @@ def run(args: argparse.Namespace) -> int:
         if not url:
             raise ValueError("--ws needs a URL (ws://HOST:PORT/v1/realtime) when no `make up` stack is running")
         try:
-            reply = realtime_client.realtime_turn(url, args.audio, **options)
+            events = realtime_client.realtime_turn(url, args.audio, **options)
         except OSError as exc:
             raise ValueError(f"{url}: {exc}") from None
-        audio = reply.waveform(out_encoding)
+        audio = events.waveform(out_encoding)
         write_wav(args.out, audio, out_rate)
-        print(json.dumps({**realtime_client.summary(reply, len(audio) / out_rate), "reply_wav": args.out}, indent=2))
+        print(json.dumps({**realtime_client.summary(events, len(audio) / out_rate), "reply_wav": args.out}, indent=2))
         return 0
 
     import grpc

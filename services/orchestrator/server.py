@@ -25,8 +25,8 @@ from glmvoice.v1 import common_pb2
 from glmvoice.v1 import voice_chat_pb2 as pb
 from services.orchestrator import events as ev
 from services.orchestrator.auth import ANONYMOUS, ApiKeys
-from services.orchestrator.discovery import HEALTH, enable_health_list, enable_reflection
 from services.orchestrator.converse import ConverseSession
+from services.orchestrator.discovery import HEALTH, enable_health_list, enable_reflection
 from services.orchestrator.errors import BackendUnavailable, DeadlineExceeded, ErrorInterceptor, Exhausted, InvalidInput
 from services.orchestrator.quotas import QuotaLimits, Quotas
 from services.orchestrator.session_store import SessionRecord, SessionStore, connect, new_session_id

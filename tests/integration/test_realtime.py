@@ -23,7 +23,12 @@ from glmvoice.v1.voice_chat_pb2_grpc import VoiceChatStub
 from tests.fixtures.redis import redis_server  # noqa: F401 - fixture, until tests/conftest.py registers the plugin
 from tests.integration.test_gateway import gateway  # noqa: F401 - the gateway in front of the Triton orchestrator
 from tests.integration.test_orchestrator import (  # noqa: F401 - shared fixtures and helpers
-    CLIP, KEYS, checkpoints, keys_file, orchestrator, triton_settings,
+    CLIP,
+    KEYS,
+    checkpoints,
+    keys_file,
+    orchestrator,
+    triton_settings,
 )
 
 pytestmark = pytest.mark.integration

@@ -4,8 +4,8 @@ The session object we send is validated against the official SDK's own classes."
 from __future__ import annotations
 
 import pytest
-from openai.types.realtime import SessionCreatedEvent
 from openai.types.beta.realtime import SessionCreatedEvent as BetaSessionCreatedEvent
+from openai.types.realtime import SessionCreatedEvent
 
 from glmvoice.v1 import voice_chat_pb2 as pb
 from services.gateway.realtime.events import Events, ProtocolError

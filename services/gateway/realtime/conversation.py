@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any
 from glmvoice.v1 import voice_chat_pb2 as pb
 from services.gateway.realtime.events import ProtocolError, new_id
 from services.gateway.realtime.responses import ResponseStream
-from services.gateway.realtime.session_config import NO_TOOLS, VOICE, _audio_format, _max_tokens, _modalities, apply_update
+from services.gateway.realtime.session_config import (
+    NO_TOOLS,
+    VOICE,
+    apply_update,
+    parse_audio_format,
+    parse_max_tokens,
+    parse_modalities,
+)
 
 if TYPE_CHECKING:
     from services.gateway.realtime.connection import RealtimeSocket
@@ -31,7 +38,7 @@ def user_item(item_id: str, content: list[dict]) -> dict:
 
 
 class Conversation:
-    def __init__(self, socket: "RealtimeSocket"):
+    def __init__(self, socket: RealtimeSocket):
         self.socket = socket
         self.items: dict[str, dict] = {}  # what the client sees, in order
         self.response: ResponseStream | None = None
@@ -234,19 +241,19 @@ class Conversation:
             if key == "instructions" and isinstance(value, str):
                 instruction = value
             elif key in ("output_modalities", "modalities"):
-                modality = _modalities(value, param)[0]
+                modality = parse_modalities(value, param)[0]
             elif key == "metadata" and (value is None or isinstance(value, dict)):
                 metadata = value
             elif key == "conversation" and value in (None, "auto"):
                 continue
-            elif key == "max_output_tokens" and _max_tokens(value, param) == settings.max_output_tokens:
+            elif key == "max_output_tokens" and parse_max_tokens(value, param) == settings.max_output_tokens:
                 continue
             elif key in ("tools", "tool_choice") and value in ([], "auto", "none"):
                 continue
             elif key == "voice" and value == VOICE:
                 continue
             elif key == "audio" and isinstance(value, dict) and set(value) <= {"output"} and \
-                    _audio_format((value.get("output") or {}).get("format", settings.output_format.to_json()),
+                    parse_audio_format((value.get("output") or {}).get("format", settings.output_format.to_json()),
                                   f"{param}.output.format") == settings.output_format and \
                     (value.get("output") or {}).get("voice", VOICE) == VOICE:
                 continue

@@ -9,8 +9,9 @@ Unknown fields are refused too, so a client never gets a silent default.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 from glmvoice.client import config_request
 from services.gateway.realtime.events import ProtocolError
@@ -102,7 +103,7 @@ class SessionSettings:
 Apply = Callable[[dict, Any, str], None]  # (settings fields being built, value, param path)
 
 
-def _audio_format(value: Any, param: str) -> AudioFormat:
+def parse_audio_format(value: Any, param: str) -> AudioFormat:
     if isinstance(value, str) and value in BETA_FORMATS:  # beta: "pcm16", "g711_ulaw", "g711_alaw"
         value = {"type": BETA_FORMATS[value]}
     if not isinstance(value, dict) or value.get("type") not in FORMATS:
@@ -149,7 +150,7 @@ def _turn_detection(value: Any, param: str) -> TurnDetection | None:
     return vad
 
 
-def _max_tokens(value: Any, param: str) -> int | None:
+def parse_max_tokens(value: Any, param: str) -> int | None:
     if value == "inf" or value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -157,7 +158,7 @@ def _max_tokens(value: Any, param: str) -> int | None:
     return value
 
 
-def _modalities(value: Any, param: str) -> tuple[str, ...]:
+def parse_modalities(value: Any, param: str) -> tuple[str, ...]:
     if value in (["audio"], ["audio", "text"], ["text", "audio"]):  # beta listed both for speech
         return ("audio",)
     if value == ["text"]:
@@ -216,13 +217,13 @@ def _temperature(fields: dict, value: Any, param: str) -> None:  # beta's sessio
 
 NO_TOOLS = "GLM-4-Voice has no tool calling"
 AUDIO_INPUT = {
-    "format": _set("input_format", _audio_format),
+    "format": _set("input_format", parse_audio_format),
     "turn_detection": _set("turn_detection", _turn_detection),
     "transcription": _only((None,), "there is no separate input transcription model"),
     "noise_reduction": _only((None,), "there is no noise reduction stage"),
 }
 AUDIO_OUTPUT = {
-    "format": _set("output_format", _audio_format),
+    "format": _set("output_format", parse_audio_format),
     "voice": _voice,
     "speed": _only((1, 1.0), "speech rate is asked for in the instructions (GLM-4-Voice style control)"),
 }
@@ -230,8 +231,8 @@ SESSION_FIELDS: dict[str, Apply] = {
     "type": _only(("realtime",), "only realtime (speech-to-speech) sessions are served"),
     "model": _set("model", _text),
     "instructions": _set("instructions", _text),
-    "output_modalities": _set("output_modalities", _modalities),
-    "max_output_tokens": _set("max_output_tokens", _max_tokens),
+    "output_modalities": _set("output_modalities", parse_modalities),
+    "max_output_tokens": _set("max_output_tokens", parse_max_tokens),
     "audio": _nested({"input": _nested(AUDIO_INPUT), "output": _nested(AUDIO_OUTPUT)}),
     "tools": _only(([],), NO_TOOLS),
     "tool_choice": _only(("auto", "none"), NO_TOOLS),
@@ -243,13 +244,13 @@ SESSION_FIELDS: dict[str, Apply] = {
     "reasoning": _only((None,), "GLM-4-Voice has no reasoning mode"),
     "glmvoice": _extension,
     # beta names
-    "modalities": _set("output_modalities", _modalities),
-    "input_audio_format": _set("input_format", _audio_format),
-    "output_audio_format": _set("output_format", _audio_format),
+    "modalities": _set("output_modalities", parse_modalities),
+    "input_audio_format": _set("input_format", parse_audio_format),
+    "output_audio_format": _set("output_format", parse_audio_format),
     "turn_detection": _set("turn_detection", _turn_detection),
     "voice": _voice,
     "temperature": _temperature,
-    "max_response_output_tokens": _set("max_output_tokens", _max_tokens),
+    "max_response_output_tokens": _set("max_output_tokens", parse_max_tokens),
     "input_audio_transcription": _only((None,), "there is no separate input transcription model"),
     "input_audio_noise_reduction": _only((None,), "there is no noise reduction stage"),
     "speed": _only((1, 1.0), "speech rate is asked for in the instructions (GLM-4-Voice style control)"),
