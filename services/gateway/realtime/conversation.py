@@ -131,6 +131,9 @@ class Conversation:
         if held < min_bytes:
             raise ProtocolError(f"buffer too small: expected at least 100 ms of audio, the buffer has "
                                 f"{held * 100 // max(min_bytes, 1)} ms", code="input_audio_buffer_commit_empty")
+        if self.vad and self.speech_item is None:  # the orchestrator's turns open when its VAD hears speech
+            raise ProtocolError("server VAD has heard no speech in the buffer: nothing to commit",
+                                code="input_audio_buffer_commit_empty")
         item_id = self.speech_item or new_id("item")
         previous = self.last_item
         if self.vad:  # the orchestrator ends the turn and answers it (server VAD creates responses)
@@ -145,7 +148,7 @@ class Conversation:
         await self.add_item(user_item(item_id, [{"type": "input_audio", "transcript": None}]))
 
     async def clear(self, event: dict) -> None:
-        if self.vad and self.buffered:  # the server VAD holds the audio: a new stream drops it
+        if self.vad and self.speech_item is not None:  # the orchestrator holds an open turn: a new stream drops it
             await self.socket.reopen()
         self.buffer.clear()
         self.buffered = 0
@@ -179,8 +182,12 @@ class Conversation:
             self.pending_text.append(item_id)
             await self.add_item(user_item(item_id, [{"type": "input_text", "text": text}]))
         elif kinds == {"input_audio"} and not self.vad:
+            pending, self.buffer = self.buffer, bytearray()  # the item is its own audio, not the buffer's
             self.buffer += b"".join(self._decode_audio(part.get("audio"), "item.content.audio") for part in content)
-            await self.commit(event)
+            try:
+                await self.commit(event)
+            finally:
+                self.buffer = pending
         else:
             raise ProtocolError("item.content must be all input_text parts, or all input_audio parts with "
                                 "turn_detection null", param="item.content")
@@ -232,7 +239,7 @@ class Conversation:
         params = event.get("response") or {}
         if not isinstance(params, dict):
             raise ProtocolError("response must be an object", param="response")
-        if self.response is not None or self.awaiting:
+        if self.response is not None:
             raise ProtocolError("a response is in progress", code="conversation_already_has_active_response")
         settings = self.socket.settings
         modality, instruction, metadata = settings.output_modalities[0], "", None
