@@ -28,6 +28,8 @@ from glmvoice.v1 import voice_chat_pb2 as pb
 from services.gateway.realtime import realtime_session
 from services.gateway.settings import GatewaySettings
 from services.gateway.upstream import Upstream, http_error, key_metadata
+from services.orchestrator.auth import ApiKeys
+from services.orchestrator.errors import Unauthenticated
 
 CHUNK_MS = 100  # WAV uploads go upstream in 100 ms chunks (the orchestrator takes at most 1 s per chunk)
 END_REASONS = {v: k.removeprefix("TURN_END_REASON_").lower() for k, v in pb.TurnEndReason.items()}
@@ -92,7 +94,23 @@ def _response_format(body: ChatRequest, accept: str) -> str:
     return "json"
 
 
+async def _bounded_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it (or its declared length) passes `limit`."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, detail=f"body exceeds {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, detail=f"body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def create_app(settings: GatewaySettings, tracer=None) -> FastAPI:
+    # Without a keys file (local stacks) the orchestrator is the only check; with it, callers are refused here first.
+    keys = ApiKeys.from_file(settings.api_keys_file)
     registry = CollectorRegistry()
     requests_total = Counter("glmvoice_gateway_requests", "HTTP turns by route and status", ["route", "status"], registry=registry)
     websockets = Gauge("glmvoice_gateway_active_websockets", "Open /v1/realtime connections", registry=registry)
@@ -170,9 +188,13 @@ def create_app(settings: GatewaySettings, tracer=None) -> FastAPI:
         style: str = Query("", description="WAV bodies: style instruction"),
         response_format: Literal["json", "wav", "sse"] | None = Query(None),
     ):
-        body_bytes = await request.body()
-        if len(body_bytes) > settings.max_body_bytes:
-            raise HTTPException(413, detail=f"body exceeds {settings.max_body_bytes} bytes")
+        # Authenticate, then read at most max_body_bytes: nothing is buffered or decoded for a stranger.
+        try:
+            keys.identity({k.lower(): v for k, v in request.headers.items()})
+        except Unauthenticated as exc:
+            requests_total.labels(route="chat", status="401").inc()
+            raise HTTPException(401, detail=str(exc)) from exc
+        body_bytes = await _bounded_body(request, settings.max_body_bytes)
         content_type = request.headers.get("content-type", "").split(";")[0].strip()
         try:
             if content_type in ("audio/wav", "audio/x-wav", "audio/wave"):

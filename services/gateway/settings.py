@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -15,10 +16,14 @@ class GatewaySettings:
     otel_endpoint: str = ""
     max_body_bytes: int = 20 * 1024 * 1024  # a 10-minute 16 kHz WAV fits
     request_timeout_s: float = 300.0
+    # The API keys file the orchestrator reads too: with it, a caller is authenticated before its body is read.
+    api_keys_file: Path | None = None
 
     def check(self) -> GatewaySettings:
         if not self.orchestrator_addr:
             raise ValueError("ORCHESTRATOR_ADDR (--orchestrator-addr host:port) is required")
+        if self.api_keys_file is not None and not self.api_keys_file.is_file():
+            raise ValueError(f"GLMVOICE_API_KEYS_FILE {self.api_keys_file} does not exist")
         return self
 
     @classmethod
@@ -29,5 +34,8 @@ class GatewaySettings:
         parser.add_argument("--bind-address", default=environ.get("BIND_ADDRESS", "0.0.0.0"))
         parser.add_argument("--log-level", default=environ.get("LOG_LEVEL", "INFO"))
         parser.add_argument("--otel-endpoint", default=environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""))
+        parser.add_argument("--api-keys-file", default=environ.get("GLMVOICE_API_KEYS_FILE") or None)
         args = parser.parse_args(argv)
-        return cls(args.orchestrator_addr, args.http_port, args.bind_address, args.log_level, args.otel_endpoint)
+        keys = Path(args.api_keys_file) if args.api_keys_file else None
+        return cls(args.orchestrator_addr, args.http_port, args.bind_address, args.log_level, args.otel_endpoint,
+                   api_keys_file=keys)

@@ -157,3 +157,43 @@ def test_one_trace_from_gateway_to_orchestrator(redis_server, checkpoints):  # n
     assert turn.context.trace_id == gateway_span.context.trace_id
     assert turn.parent.span_id == gateway_span.context.span_id
     assert spans["prefill"].parent.span_id == turn.context.span_id
+
+
+# ---- abuse: nothing is read or decoded for a stranger, and bodies are bounded ---------------------------
+@pytest.fixture(scope="module")
+def guarded_gateway(orchestrator, keys_file):
+    settings = GatewaySettings(orchestrator.address, max_body_bytes=64 * 1024, api_keys_file=keys_file)
+    with serve(create_app(settings)) as address:
+        yield address
+
+
+def one_hertz_wav() -> bytes:
+    """8 KB of samples whose header declares 1 Hz: resampled to 16 kHz it would be 16,000 times larger."""
+    wav = bytearray(wav_bytes(np.zeros(4096, np.float32), 16000))
+    wav[24:28] = (1).to_bytes(4, "little")  # sample rate
+    wav[28:32] = (2).to_bytes(4, "little")  # byte rate
+    return bytes(wav)
+
+
+def test_amplifying_wav_is_refused_before_and_after_authentication(guarded_gateway):
+    url = f"http://{guarded_gateway}/v1/chat"
+    headers = {"Content-Type": "audio/wav"}
+    stranger = httpx.post(url, content=one_hertz_wav(), headers=headers, timeout=30)
+    assert stranger.status_code == 401
+    started = time.monotonic()
+    caller = httpx.post(url, content=one_hertz_wav(), headers={**AUTH, **headers}, timeout=30)
+    assert caller.status_code == 400 and "sample rate" in caller.text
+    assert time.monotonic() - started < 10  # refused from the header, no resampling
+
+
+def test_oversized_bodies_are_refused_without_reading_them(guarded_gateway):
+    url = f"http://{guarded_gateway}/v1/chat"
+    declared = httpx.post(url, content=b"\0" * (64 * 1024 + 1), headers={**AUTH, "Content-Type": "audio/wav"}, timeout=30)
+    assert declared.status_code == 413
+
+    def chunks():  # no Content-Length: the cap applies while the body streams in
+        for _ in range(100):
+            yield b"\0" * 4096
+
+    streamed = httpx.post(url, content=chunks(), headers={**AUTH, "Content-Type": "audio/wav"}, timeout=30)
+    assert streamed.status_code == 413

@@ -310,3 +310,19 @@ def test_glmvoice_chat_finds_the_stack_and_speaks_both_protocols(gateway, orches
     audio, rate = read_wav(tmp_path / "b.wav")
     assert rate == 24000 and len(audio) / rate == pytest.approx(second["audio_seconds"], abs=1e-3)
     assert second["usage"]["input_token_details"]["audio_tokens"] > 0 and second["latency_ms"]["first_audio"] > 0
+
+
+def test_malformed_frames_get_error_events_and_the_socket_stays(gateway):  # noqa: F811
+    """Non-JSON text, JSON that is not an object, a binary frame, a string where a number goes: each gets an
+    `error` event; the socket stays open and still answers a valid event."""
+    with connect(f"ws://{gateway}/v1/realtime?model=glm-4-voice", additional_headers={"Authorization": f"Bearer {KEYS[0]}"},
+                 open_timeout=30) as ws:
+        assert json.loads(ws.recv(timeout=30))["type"] == "session.created"
+        assert json.loads(ws.recv(timeout=30))["type"] == "conversation.created"
+        for frame in ("not json", "[1, 2]", b"\x00\x01binary",
+                      json.dumps({"type": "session.update", "session": {"type": "realtime", "max_output_tokens": "many"}})):
+            ws.send(frame)
+            event = json.loads(ws.recv(timeout=30))
+            assert event["type"] == "error" and event["error"]["message"], event
+        ws.send(json.dumps({"type": "input_audio_buffer.clear"}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "input_audio_buffer.cleared"

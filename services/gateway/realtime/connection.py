@@ -103,9 +103,16 @@ class RealtimeSocket:
     async def read_client(self) -> None:
         try:
             while True:
-                await self.inbox.put(("client", None, await self.websocket.receive_text()))
+                message = await self.websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                if message.get("text") is not None:
+                    await self.inbox.put(("client", None, message["text"]))
+                else:  # the protocol is JSON text; a binary frame gets an error event, not a dropped socket
+                    await self.inbox.put(("client", None, None))
         except (WebSocketDisconnect, RuntimeError):
-            await self.inbox.put(("client_closed", None, None))
+            pass
+        await self.inbox.put(("client_closed", None, None))
 
     async def loop(self) -> None:
         while True:
@@ -128,7 +135,10 @@ class RealtimeSocket:
         return self.events.error(exc.details() or exc.code().name, code=exc.code().name.lower(),
                                  kind=ERROR_TYPES.get(exc.code(), "server_error"))
 
-    async def on_client(self, raw: str) -> None:
+    async def on_client(self, raw: str | None) -> None:
+        if raw is None:
+            await self.send(self.events.error("binary frames are not events: send JSON text", code="invalid_json"))
+            return
         try:
             event = json.loads(raw)
         except ValueError as exc:
