@@ -21,7 +21,7 @@ from glmvoice.provenance import new_provenance, write_metrics, write_provenance
 from glmvoice.runtime.generate import generate
 from glmvoice.sampling import SamplingParams
 from services.promoter.canary import CanaryError, run_canary
-from services.promoter.registry import ConflictError, GateFailedError, Registry, RegistryError, Serving
+from services.promoter.registry import ConflictError, GateFailedError, Registry, RegistryError
 from services.promoter.replicas import Replica, TritonControl
 from services.triton.launcher import TritonServer, TritonSettings
 from tests.fixtures.redis import redis_server  # noqa: F401  (fixture; also a conftest plugin)
@@ -91,28 +91,52 @@ def test_refused_transitions_change_nothing(registry):
     assert len(registry.history("llm")) == 2
 
 
-def test_racing_promotions_have_exactly_one_winner(registry):
+class InterleavedRegistry(Registry):
+    """The public Registry, with every read of the live version held at a barrier until all racers have
+    read it: the racers then write on the same stale view, which only the compare-and-swap can refuse."""
+
+    def __init__(self, client, prefix, racers: int):
+        super().__init__(client, prefix)
+        self.barrier = threading.Barrier(racers)
+
+    def live(self, model):
+        seen = super().live(model)
+        self.barrier.wait(timeout=10)
+        return seen
+
+
+def race(calls: list) -> list[str]:
+    def attempt(call):
+        try:
+            call()
+            return "won"
+        except ConflictError:
+            return "conflict"
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return sorted(pool.map(attempt, calls))
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["first-promotion", "replacing-the-live-one"])
+def test_racing_promotions_have_exactly_one_winner(registry, redis_client, first):
+    """Two promoters promote different checkpoints at once through the public API; exactly one wins and
+    the other gets ConflictError. Racing for the FIRST promotion has no live checkpoint to retire, so no
+    state check can stop the loser: only the serving-stack compare-and-swap does."""
     for cid in ("a", "b", "c"):
         registry.register("llm", cid, f"/store/llm/{cid}", {}, "alice", "trained")
         registry.record_evaluation("llm", cid, {"gate": True}, "ci", "eval")
-    registry.mark_promoted("llm", "a", 1, "bob", "first")
-    barrier = threading.Barrier(2)
-
-    def race(cid, version):
-        live = registry.live("llm")  # both read the same live version, then both try to replace it
-        barrier.wait()
-        try:
-            registry._run("llm", [(cid, {"from": ["evaluated"], "to": "promoted", "gate": True, "set": {"version": str(version)}})],
-                          [], top=live.encode(), serving_ops=[["push", Serving(cid, version).encode()]])
-            return "won"
-        except ConflictError:
-            return "lost"
-
-    with ThreadPoolExecutor(2) as pool:
-        results = sorted(pool.map(race, ("b", "c"), (2, 3)))
-    assert results == ["lost", "won"]
-    assert len(registry.serving("llm")) == 2
-
+    if not first:
+        registry.mark_promoted("llm", "a", 1, "bob", "first")
+    racing = InterleavedRegistry(redis_client, registry.prefix, racers=2)
+    results = race([lambda: racing.mark_promoted("llm", "b", 2, "bob", "race"),
+                            lambda: racing.mark_promoted("llm", "c", 3, "carol", "race")])
+    assert results == ["conflict", "won"]
+    lineage = registry.serving("llm")
+    assert len(lineage) == (1 if first else 2)
+    winner = lineage[-1].checkpoint
+    states = {c.id: c.state for c in registry.checkpoints("llm")}
+    assert states[winner] == "promoted" and states[({"b", "c"} - {winner}).pop()] == "evaluated"
+    assert [c for c, s in states.items() if s == "promoted"] == [winner]
 
 
 def test_one_promotion_per_model_at_a_time(registry):
