@@ -70,7 +70,8 @@ test: setup chart-tools kube-assets lint  ## README's second command: lint, then
 test-slow: setup  ## training-quality and other long suites
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
-test-gpu: setup  ## CUDA suites (on a GPU node)
+test-gpu: setup  ## CUDA suites (on a GPU node; elsewhere each test is skipped with that reason and make exits 0)
+	@$(PY) -c "import torch; print(f'CUDA: {torch.cuda.get_device_name(0)}' if torch.cuda.is_available() else 'no CUDA device here: the gpu tests are collected and skipped; run make test-gpu on a GPU node')"
 	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
 
 bench: setup  ## benchmarks print their figures (ratios measured in one run)
