@@ -72,18 +72,28 @@ def mutant_globs(target: Target) -> list[str]:
     return globs
 
 
-def scratch_copy(target: Target, tests: tuple[str, ...], tests_from: str | None) -> Path:
+def git_extract(ref: str, paths: list[str], into: Path) -> None:
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, *paths], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "x", "-C", str(into)], input=archive, check=True)
+
+
+def scratch_copy(target: Target, tests: tuple[str, ...], tests_from: str | None, source_from: str | None) -> Path:
     work = Path(tempfile.mkdtemp(prefix="glmvoice-mutate-"))
-    for name in COPY:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__", "mutants", "build"))
-        elif src.exists():
-            shutil.copy2(src, work / name)
-    if tests_from:  # the test suite as it was at a commit (a "before" run), against today's source
+    if source_from:  # a fixed commit, so runs started later compare the same code
+        present = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "--name-only", source_from], check=True,
+                                 capture_output=True, text=True).stdout.split()
+        git_extract(source_from, [n for n in COPY if n in present], work)
+        shutil.copytree(ROOT / "glmvoice" / "v1", work / "glmvoice" / "v1", dirs_exist_ok=True)  # generated stubs
+    else:
+        for name in COPY:
+            src = ROOT / name
+            if src.is_dir():
+                shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__", "mutants", "build"))
+            elif src.exists():
+                shutil.copy2(src, work / name)
+    if tests_from:  # the test suite as it was at a commit (a "before" run), against the same source
         shutil.rmtree(work / "tests")
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", tests_from, "tests"], check=True, capture_output=True).stdout
-        subprocess.run(["tar", "x", "-C", str(work)], input=archive, check=True)
+        git_extract(tests_from, ["tests"], work)
     top = target.file.split("/")[0]
     # The pytest config keeps its markers; mutmut gets the file to mutate and the tests to run.
     config = {
@@ -98,8 +108,9 @@ def scratch_copy(target: Target, tests: tuple[str, ...], tests_from: str | None)
     return work
 
 
-def run_target(name: str, target: Target, tests: tuple[str, ...], budget_s: float, tests_from: str | None = None) -> dict:
-    work = scratch_copy(target, tests, tests_from)
+def run_target(name: str, target: Target, tests: tuple[str, ...], budget_s: float, tests_from: str | None = None,
+               source_from: str | None = None) -> dict:
+    work = scratch_copy(target, tests, tests_from, source_from)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     mutmut = [sys.executable, "-m", "mutmut"]
     started = time.monotonic()
@@ -158,6 +169,7 @@ def main() -> None:
                         help="wall-clock seconds per target (env MUTATE_BUDGET_S)")
     parser.add_argument("--tests", nargs="+", help="override the target's test selection (e.g. a 'before' run)")
     parser.add_argument("--tests-from", metavar="REF", help="take tests/ from this git commit (a 'before' run)")
+    parser.add_argument("--source-from", metavar="REF", help="take the code from this git commit (default: the work tree)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--list", action="store_true")
     args = parser.parse_args()
@@ -171,7 +183,8 @@ def main() -> None:
         sys.exit(f"unknown targets {unknown}; known: {list(TARGETS)}")
     results = []
     for name in names:
-        result = run_target(name, TARGETS[name], tuple(args.tests or TARGETS[name].tests), args.budget_s, args.tests_from)
+        result = run_target(name, TARGETS[name], tuple(args.tests or TARGETS[name].tests), args.budget_s, args.tests_from,
+                            args.source_from)
         report(result)
         results.append(result)
     if args.json:
