@@ -145,6 +145,6 @@ def test_decoder_stream_on_the_device_equals_the_cpu_stream(tiny_speech_decoder_
     for device in (DEVICE, "cpu"):
         streams = DecoderStreams(load_speech_decoder(tiny_speech_decoder_dir, device))
         with streams.stream("s", seed=2) as stream:
-            chunks = [stream.feed(codes[i : i + 10]) for i in range(0, len(codes), 10)]
+            chunks = [stream.push(codes[i : i + 10]) for i in range(0, len(codes), 10)]
             outs.append(np.concatenate(chunks + [stream.finalize()]))
     assert_close(outs[0], outs[1], 1e-3, "decoder stream audio")

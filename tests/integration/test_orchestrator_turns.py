@@ -15,16 +15,24 @@ import grpc
 import pytest
 import redis
 
-from glmvoice.chat import Conversation
-from glmvoice.cli.chat import config_request
+from glmvoice.chat_template import Conversation
+from glmvoice.client import config_request
 from glmvoice.models.text_tokenizer import TextTokenizer
 from glmvoice.v1 import voice_chat_pb2 as pb
 from services.orchestrator.server import OrchestratorThread
-from services.orchestrator.sessions import KEY_PREFIX, SessionRecord
+from services.orchestrator.session_store import KEY_PREFIX, SessionRecord
 from services.orchestrator.settings import Settings
 from tests.fixtures.redis import redis_server  # noqa: F401 - fixture
 from tests.integration.test_orchestrator import (  # noqa: F401 - fixtures
-    GREEDY, KEYS, LiveStream, checkpoints, clip_frames, converse, keys_file, status_of, text_turn,
+    GREEDY,
+    KEYS,
+    LiveStream,
+    checkpoints,
+    clip_frames,
+    converse,
+    keys_file,
+    status_of,
+    text_turn,
 )
 
 pytestmark = pytest.mark.integration

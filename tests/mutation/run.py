@@ -52,7 +52,7 @@ TARGETS: dict[str, Target] = {
                            ("tests/unit/test_speech_decoder.py", "tests/unit/test_decoder_reference.py")),
     "decoder-stream": Target("glmvoice/runtime/decoder_stream.py", ("DecoderStreams._settle_mel", "DecoderStreams._settle_audio"),
                              ("tests/unit/test_decoder_stream.py",)),
-    "orchestrator-reply": Target("services/orchestrator/pipeline.py", ("ConverseSession._kept_ids", "ConverseSession.on_cancel"),
+    "orchestrator-reply": Target("services/orchestrator/converse.py", ("ConverseSession._kept_ids", "ConverseSession.on_cancel"),
                                  ("tests/integration/test_orchestrator_turns.py",)),
     "auth": Target("services/orchestrator/auth.py", ("ApiKeys.*",), ("tests/unit/test_auth.py",)),
     "registry": Target("services/promoter/registry.py", ("Registry.mark_promoted", "Registry.mark_rolled_back"),

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.reference.make_decoder_fixtures import OUT as FIXTURES, checkpoint_fingerprint
+from tests.reference.make_decoder_fixtures import OUT as FIXTURES
+from tests.reference.make_decoder_fixtures import checkpoint_fingerprint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
