@@ -21,7 +21,6 @@ def identity_of(key: str) -> str:
     ({"x-api-key": "key-alpha-123", "authorization": "Bearer key-beta-456"}, "key-alpha-123"),  # x-api-key first
 ])
 def test_a_known_key_gives_its_identity(metadata, key):
-    assert KEYS.enabled
     assert KEYS.identity(metadata) == identity_of(key)
 
 
@@ -46,12 +45,11 @@ def test_anything_else_is_unauthenticated(metadata, message):
 
 
 def test_no_keys_file_means_anonymous_and_an_empty_file_admits_nobody(tmp_path):
-    assert not ApiKeys.from_file(None).enabled
     assert ApiKeys.from_file(None).identity({}) == ANONYMOUS
     empty = tmp_path / "keys"
     empty.write_text("# no keys yet\n\n")
     keys = ApiKeys.from_file(empty)
-    assert keys.enabled and keys.keys == []
+    assert keys.keys == []
     with pytest.raises(Unauthenticated):
         keys.identity({"x-api-key": "# no keys yet"})
 
