@@ -141,7 +141,7 @@ def run_target(name: str, target: Target, tests: tuple[str, ...], budget_s: floa
         counts[v] = counts.get(v, 0) + 1
     killed = counts.get("killed", 0) + counts.get("timeout", 0)
     tested = killed + counts.get("survived", 0)
-    return {"target": name, "file": target.file, "tests": list(tests), "counts": counts,
+    return {"target": name, "file": target.file, "tests": list(tests), "counts": counts, "verdicts": verdicts,
             "score": killed / tested if tested else None, "survivors": diffs, "cut_by_budget": cut,
             "seconds": round(time.monotonic() - started, 1)}
 
