@@ -85,3 +85,32 @@ def test_two_streams_on_one_session_each_get_their_own_answer(model):
     assert results[0].ids == generate(model, extend, 12, params=GREEDY).ids
     assert results[1].ids == generate(model, diverge, 12, params=GREEDY).ids
     assert third.ids == generate(model, follow, 6, params=GREEDY).ids
+
+
+def test_prefix_store_keeps_to_its_token_budget_and_evicts_the_oldest(model):
+    """Prefill-only requests store their whole prompt; the store holds at most prefix_cache_tokens (a prompt of
+    exactly that many is kept, one more is not) and evicts the least recently stored key first."""
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab, (200,), generator=torch.Generator().manual_seed(3)).tolist()
+    engine = LLMEngine(model, EngineConfig(max_slots=2, max_seq_len=128, prefill_chunk=16, prefix_cache_tokens=60)).start()
+
+    def prefill(key: str, prompt: list[int]) -> dict:
+        [done] = run_engine(engine, [GenerationRequest(prompt, GREEDY, 0, prefix_key=key)])
+        assert done.reason == ("prefilled", None)
+        stats = engine.stats()
+        return {"entries": stats["prefix_entries"], "tokens": stats["prefix_tokens"]}
+
+    try:
+        assert prefill("a", ids[:30]) == {"entries": 1, "tokens": 30}
+        assert prefill("b", ids[30:60]) == {"entries": 2, "tokens": 60}  # exactly full: nothing evicted
+        assert prefill("c", ids[60:90]) == {"entries": 2, "tokens": 60}  # "a" (the oldest) made room
+        before = engine.stats()["prefix_reused_tokens"]
+        prefill("a", ids[:31])  # evicted: nothing to reuse
+        assert engine.stats()["prefix_reused_tokens"] == before
+        assert prefill("d", ids[100:160]) == {"entries": 1, "tokens": 60}  # as large as the store: kept alone
+        assert prefill("e", ids[:61]) == {"entries": 1, "tokens": 60}  # larger than the store: not kept
+        before = engine.stats()["prefix_reused_tokens"]
+        prefill("d", ids[100:161])
+        assert engine.stats()["prefix_reused_tokens"] - before == 60
+    finally:
+        engine.stop()
