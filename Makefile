@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 APT_PACKAGES := redis-server espeak-ng sox pocketsphinx-testdata flite
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: help setup lint protos tiny train-tiny info engines demo up down test test-slow test-gpu test-k8s bench bench-gpu promote rollback chart-tools kube-assets chart images clean
+.PHONY: help setup lint protos tiny train-tiny info engines demo up down test test-slow test-gpu mutate test-k8s bench bench-gpu promote rollback chart-tools kube-assets chart images clean
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -70,8 +70,14 @@ test: setup chart-tools kube-assets lint  ## README's second command: lint, then
 test-slow: setup  ## training-quality and other long suites
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
-test-gpu: setup  ## CUDA suites (on a GPU node)
+test-gpu: setup  ## CUDA suites (on a GPU node; elsewhere each test is skipped with that reason and make exits 0)
+	@$(PY) -c "import torch; print(f'CUDA: {torch.cuda.get_device_name(0)}' if torch.cuda.is_available() else 'no CUDA device here: the gpu tests are collected and skipped; run make test-gpu on a GPU node')"
 	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
+
+MUTATE ?=
+MUTATE_BUDGET_S ?= 900
+mutate: setup  ## mutation testing (mutmut) of the critical modules: score and survivors per target; MUTATE=a,b picks targets (not in CI)
+	$(PY) -m tests.mutation.run $(MUTATE) --budget-s $(MUTATE_BUDGET_S)
 
 bench: setup  ## benchmarks print their figures (ratios measured in one run)
 	@set -e; for b in tests/bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done

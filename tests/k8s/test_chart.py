@@ -349,31 +349,83 @@ def test_checksums_follow_the_configuration(helm):
     assert redis[f"{RELEASE}-glmvoice-redis"] != base[f"{RELEASE}-glmvoice-redis"]
 
 
+def peer_names(peer: dict, docs: list[dict]) -> set[str]:
+    """Who a NetworkPolicyPeer admits, in words a test can compare exactly: a release component (pods of
+    this namespace), `namespace:<name>` / `namespaces:<labels>` (optionally `/pods:<labels>`),
+    `every-namespace` (an empty namespaceSelector: the peer is widened to the whole cluster) or `ip:<cidr>`."""
+    if "ipBlock" in peer:
+        return {"ip:" + peer["ipBlock"]["cidr"]}
+    pods = peer.get("podSelector")
+    if "namespaceSelector" not in peer:
+        labels = pods.get("matchLabels", {})
+        assert set(pods) <= {"matchLabels"}, f"unexpected selector {pods}"
+        found = {pod_labels(w)["app.kubernetes.io/component"] for w in workloads(docs) if matches(labels, pod_labels(w))}
+        return found or {f"no-pod:{labels}"}
+    ns = {k: v for k, v in (peer["namespaceSelector"] or {}).items() if v}  # null or empty terms select all
+    if not ns:
+        where = "every-namespace"
+    elif set(ns) == {"matchLabels"} and set(ns["matchLabels"]) == {"kubernetes.io/metadata.name"}:
+        where = "namespace:" + ns["matchLabels"]["kubernetes.io/metadata.name"]
+    else:
+        where = f"namespaces:{ns}"
+    return {where + (f"/pods:{pods}" if pods else "")}
+
+
+def ingress_sources(docs: list[dict], policy: str, port: str) -> set[str]:
+    """Everything that may reach `port` of the policy's pods; `any` when a rule has no `from`."""
+    found: set[str] = set()
+    for rule in by_kind(docs, "NetworkPolicy")[f"{RELEASE}-glmvoice-{policy}"]["spec"].get("ingress", []):
+        if port not in {p["port"] for p in rule.get("ports", [])} and rule.get("ports"):
+            continue
+        if "from" not in rule:
+            found.add("any")
+        for peer in rule.get("from", []):
+            found |= peer_names(peer, docs)
+    return found
+
+
+MONITORING = "namespace:monitoring"
+
+
 def test_network_policies_allow_only_the_design_paths(helm):
     docs = render(helm, "gpu-values.yaml")
     policies = by_kind(docs, "NetworkPolicy")
     deny = policies[f"{RELEASE}-glmvoice-default-deny"]
     assert "ingress" not in deny["spec"] and deny["spec"]["policyTypes"] == ["Ingress"]
     assert all(matches(deny["spec"]["podSelector"]["matchLabels"], pod_labels(w)) for w in workloads(docs))
+    # Every serving component has its own policy, selecting exactly its pods, for ingress only.
+    for component in ("redis", "triton", "orchestrator", "gateway"):
+        policy = policies[f"{RELEASE}-glmvoice-{component}"]
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        selected = {pod_labels(w)["app.kubernetes.io/component"] for w in workloads(docs)
+                    if matches(policy["spec"]["podSelector"]["matchLabels"], pod_labels(w))}
+        assert selected == {component}, (component, selected)
 
-    def sources(policy: str, port: str) -> set[str]:
-        """Components whose pods may reach `port` of the policy's pods."""
-        found = set()
-        for rule in policies[f"{RELEASE}-glmvoice-{policy}"]["spec"]["ingress"]:
-            if port in {p["port"] for p in rule["ports"]}:
-                for peer in rule.get("from", [{"podSelector": {"matchLabels": {}}}]):
-                    sel = peer.get("podSelector", {}).get("matchLabels")
-                    if sel is None:
-                        found.add("other-namespace")
-                        continue
-                    found |= {pod_labels(w)["app.kubernetes.io/component"]
-                              for w in workloads(docs) if matches(sel, pod_labels(w))}
-        return found
+    assert ingress_sources(docs, "redis", "redis") == {"orchestrator", "promoter"}
+    assert ingress_sources(docs, "triton", "grpc") == {"orchestrator", "promoter"}
+    assert ingress_sources(docs, "triton", "http") == set()
+    assert ingress_sources(docs, "triton", "metrics") == {MONITORING}
+    # Front doors: open to any source by default (clients are outside the cluster), metrics to Prometheus.
+    assert ingress_sources(docs, "orchestrator", "grpc") == {"any"}
+    assert ingress_sources(docs, "orchestrator", "metrics") == {MONITORING}
+    assert ingress_sources(docs, "gateway", "http") == {"any"}
 
-    assert sources("redis", "redis") == {"orchestrator", "promoter"}
-    assert sources("triton", "grpc") == {"orchestrator", "promoter"}
-    assert sources("triton", "http") == set()
-    assert sources("triton", "metrics") == {"other-namespace"}
+
+def test_network_policies_narrowed_front_doors(helm):
+    """With orchestratorFrom / gatewayFrom set, only the gateway and those peers reach the orchestrator,
+    and only those peers (and Prometheus, whose scrape shares the port) reach the gateway."""
+    label = "networkPolicy.{}[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name={}"
+    docs = render(helm, "gpu-values.yaml", label.format("orchestratorFrom", "voice-clients"),
+                  label.format("gatewayFrom", "ingress-nginx"))
+    assert ingress_sources(docs, "orchestrator", "grpc") == {"gateway", "namespace:voice-clients"}
+    assert ingress_sources(docs, "orchestrator", "metrics") == {MONITORING}
+    assert ingress_sources(docs, "gateway", "http") == {"namespace:ingress-nginx", MONITORING}
+
+
+def test_a_peer_widened_to_every_namespace_is_seen(helm):
+    """The helper must tell `monitoring` from every namespace, or a widened peer would pass the tests above."""
+    docs = render(helm, "gpu-values.yaml", "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels=null")
+    assert "every-namespace" in ingress_sources(docs, "triton", "metrics")
 
 
 def test_jobs_run_the_contract_commands(helm):

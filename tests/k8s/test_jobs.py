@@ -149,7 +149,9 @@ def test_a_deleted_job_is_reported(api_client, namespace):
 def test_a_job_past_its_deadline_is_deleted_and_reported(api_client, namespace):
     outcomes, kubelet = run_with_kubelet(api_client, namespace, {"train": None}, ["train"], timeout_s=2.0)
     assert [(o.kind, o.status) for o in outcomes] == [("train", "timeout")]
-    assert 2.0 <= outcomes[0].seconds < 10
+    # It waited its deadline; the upper bound only has to catch a deadline that is ignored (a watch runs up to
+    # 60 s per round), so it is wide: API latency on a slow or loaded machine must not fail it.
+    assert 2.0 <= outcomes[0].seconds < 30, f"timed out after {outcomes[0].seconds} s"
     job = client.BatchV1Api(api_client).list_namespaced_job(namespace).items
     assert job == [] or job[0].metadata.deletion_timestamp is not None
 
