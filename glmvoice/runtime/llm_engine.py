@@ -15,9 +15,9 @@ from __future__ import annotations
 import itertools
 import threading
 
+from glmvoice.runtime.llm_contract import EngineFullError, RequestError
 from glmvoice.runtime.llm_scheduler import (
-    FINISH_REASONS, EngineConfig, EngineFullError, FinishCallback, GenerationRequest, RequestError, Scheduler,
-    Sequence, StepPlan, TokenCallback,
+    FINISH_REASONS, EngineConfig, FinishCallback, GenerationRequest, Scheduler, Sequence, StepPlan, TokenCallback,
 )
 from glmvoice.runtime.model_runner import ModelRunner
 from glmvoice.runtime.sampling import make_generator

@@ -22,16 +22,9 @@ from typing import Any, Callable
 
 import torch
 
+from glmvoice.runtime.llm_contract import EngineFullError, RequestError
 from glmvoice.runtime.sampling import sample
 from glmvoice.sampling import SamplingParams
-
-
-class EngineFullError(RuntimeError):
-    """No slot and no room in the queue: the caller should retry later (RESOURCE_EXHAUSTED)."""
-
-
-class RequestError(ValueError):
-    """A request the engine can never serve as given (INVALID_ARGUMENT)."""
 
 
 @dataclass(frozen=True)

@@ -55,17 +55,13 @@ def apply_cpu_threads(device: torch.device, threads: int) -> None:
 
 
 def triton_error(pb_utils, exc: Exception):
-    """A per-request TritonError with the status the client should see: bad input is INVALID_ARG
-    (gRPC INVALID_ARGUMENT), a full engine UNAVAILABLE (retry later), anything else INTERNAL."""
-    from glmvoice.runtime.llm_engine import EngineFullError
+    """A per-request TritonError with the status the client should see, as llm_contract maps it: bad
+    input INVALID_ARGUMENT, a full engine RESOURCE_EXHAUSTED (retry later), anything else INTERNAL. The
+    status leads the message, because a decoupled stream delivers the message only."""
+    from glmvoice.runtime.llm_contract import ERROR_TRITON_CODES, tag_error
 
-    if isinstance(exc, ValueError):
-        code = pb_utils.TritonError.INVALID_ARG
-    elif isinstance(exc, EngineFullError):
-        code = pb_utils.TritonError.UNAVAILABLE
-    else:
-        code = pb_utils.TritonError.INTERNAL
-    return pb_utils.TritonError(str(exc), code)
+    status, message = tag_error(exc)
+    return pb_utils.TritonError(message, getattr(pb_utils.TritonError, ERROR_TRITON_CODES[status]))
 
 
 class RequestInputs:
