@@ -91,6 +91,21 @@ def pbtxt_parameters(config_pbtxt: str | Path) -> dict[str, str]:
     return {key: value.string_value for key, value in config.parameters.items()}
 
 
+# Set on the Triton llm pods by the chart (triton.models.llm.quantization); wins over the repository's
+# config.pbtxt, which is shared by every pod and promotion.
+QUANTIZATION_ENV = "GLMVOICE_LLM_QUANTIZATION"
+
+
+def llm_quantization(parameters: dict[str, str], environ: dict[str, str] | None = None):
+    """The weight-only scheme the `llm` model loads with: the pod's GLMVOICE_LLM_QUANTIZATION if set, else
+    the `quantization` parameter: "" (the checkpoint as stored), "int8", "int4" or "int4-g<N>". A
+    checkpoint written by `glmvoice quantize` loads quantized either way (a different scheme is an error)."""
+    from glmvoice.models.quantize import QuantScheme
+
+    text = (environ or {}).get(QUANTIZATION_ENV) or parameters.get("quantization", "")
+    return QuantScheme.parse(text) if text else None
+
+
 def engine_config(parameters: dict[str, str]):
     """The LM engine's settings from the `llm` model's parameters (others, e.g. cpu_threads, are ignored),
     so Triton and the in-process backend run the engine alike."""

@@ -14,6 +14,7 @@ Errors: per request, the gRPC status in front of the message (llm_contract.tag_e
 """
 
 import json
+import os
 import queue
 import threading
 import time
@@ -27,14 +28,8 @@ from glmvoice.runtime import llm_contract as contract
 from glmvoice.runtime.llm_engine import GenerationRequest, LLMEngine
 from glmvoice.sampling import OFFICIAL_SAMPLING, SamplingParams
 from glmvoice.runtime.serving import (
-    RequestInputs,
-    apply_cpu_threads,
-    engine_config,
-    model_parameters,
-    read_version,
-    triton_device,
-    triton_error,
-    version_dir_from_args,
+    RequestInputs, apply_cpu_threads, engine_config, llm_quantization, model_parameters, read_version, triton_device,
+    triton_error, version_dir_from_args,
 )
 from glmvoice.sampling import OFFICIAL_SAMPLING, SamplingParams
 
@@ -51,7 +46,8 @@ class TritonPythonModel:
         apply_cpu_threads(device, int(params.get("cpu_threads", "0")))
         self.default_chunk = int(params.get("stream_chunk_tokens", "1"))
         self.cancel_poll_s = int(params.get(contract.CANCEL_POLL_MS, "50")) / 1000
-        self.model, self.tokenizer = load_llm(spec["path"], device=device)
+        quantize = llm_quantization(params, dict(os.environ))
+        self.model, self.tokenizer = load_llm(spec["path"], device=device, quantize=quantize)
         self.default_stop_ids = frozenset(self.tokenizer.stop_ids)
         self.engine = LLMEngine(self.model, engine_config(params)).start()
         self.senders = {}  # request id -> (request, sender) while streaming, for cancellation polling

@@ -1,0 +1,25 @@
+"""The chart's LM settings: weight-only quantization reaches the llm pods, and only them."""
+
+from tests.k8s.test_chart import CHART, RELEASE, by_kind, helm, pod_spec, render, run_helm  # noqa: F401 - helm is a fixture
+
+LLM = f"{RELEASE}-glmvoice-triton-llm"
+
+
+def env_of(docs, deployment: str) -> dict[str, str]:
+    container = pod_spec(by_kind(docs, "Deployment")[deployment])["containers"][0]
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_quantization_is_set_on_the_llm_pods_only(helm):
+    docs = render(helm, None, "triton.models.llm.quantization=int4-g128")
+    assert env_of(docs, LLM)["GLMVOICE_LLM_QUANTIZATION"] == "int4-g128"
+    for model in ("speech-tokenizer", "speech-decoder"):
+        assert "GLMVOICE_LLM_QUANTIZATION" not in env_of(docs, f"{RELEASE}-glmvoice-triton-{model}")
+    assert "GLMVOICE_LLM_QUANTIZATION" not in env_of(render(helm), LLM)
+
+
+def test_bad_quantization_values_are_refused(helm):
+    for setting, message in (("triton.models.llm.quantization=int3", "quantization"),
+                             ("triton.models.speech_decoder.quantization=int8", "only the llm model")):
+        proc = run_helm(helm, "template", RELEASE, str(CHART), "--set", setting, check=False)
+        assert proc.returncode != 0 and message in proc.stderr, setting
