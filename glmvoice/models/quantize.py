@@ -206,3 +206,13 @@ def _is_cache(tensor: torch.Tensor, model: nn.Module) -> bool:
     caches = getattr(model, "kv_caches", None) or []
     runtime += [b for c in caches for b in c.buffers()]
     return any(tensor is r for r in runtime if r is not None)
+
+
+def quantize_model(model: nn.Module, scheme: QuantScheme) -> nn.Module:
+    """Quantizes a built float model's block linears in place, on the model's device (benchmarks on
+    random weights; checkpoints go through llm_checkpoint.load_llm / write_quantized_llm)."""
+    dtype, device = model.output.weight.dtype, model.output.weight.device
+    linears = {f"{name}.{key}": t for name in quantized_module_names(model)
+               for key, t in model.get_submodule(name).state_dict().items()}
+    load_quantized_linears(model, quantize_state(linears, scheme), scheme, dtype, device)
+    return model
