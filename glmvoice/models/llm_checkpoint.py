@@ -166,12 +166,13 @@ def stored_quantization(directory: str | Path) -> QuantScheme | None:
 
 def load_llm(
     directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-    quantize: QuantScheme | None = None,
+    quantize: QuantScheme | None = None, shard: tuple[int, int] | None = None,
 ):
     """-> (Transformer in eval mode, TextTokenizer). dtype None keeps the checkpoint's float dtype.
 
     A quantized checkpoint (`glmvoice quantize`) loads as it was written; `quantize` quantizes a float
-    checkpoint while loading (on the host, before anything reaches `device`), or must match the stored scheme."""
+    checkpoint while loading (on the host, before anything reaches `device`), or must match the stored scheme.
+    shard (rank, world): that tensor-parallel rank's slices (llm_tensor_parallel), before any quantization."""
     directory = Path(directory)
     config = load_config(directory)
     tokenizer = TextTokenizer.from_directory(directory)
@@ -181,6 +182,12 @@ def load_llm(
     stored = stored_quantization(directory)
     if stored is not None and quantize is not None and quantize != stored:
         raise ValueError(f"{directory} is quantized as {stored}; cannot load it as {quantize}")
+    if shard is not None:
+        from glmvoice.models import llm_tensor_parallel as tp
+
+        if stored is not None:
+            raise ValueError(f"{directory} is quantized; tensor parallelism shards a float checkpoint (use quantize)")
+        state, config = tp.shard_state(state, config, *shard), tp.shard_config(config, shard[1])
     scheme = stored or quantize
     float_dtype = dtype or state["output.weight"].dtype
     model = build_on_meta(lambda: Transformer(config))
