@@ -85,15 +85,16 @@ def quantize_weight(weight: torch.Tensor, scheme: QuantScheme) -> tuple[torch.Te
     scheme.check_shape(n, k)
     w = weight.float()
     if scheme.bits == 8:
-        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127  # [N]
-        q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
-        return q, scale.to(weight.dtype)
+        # Quantize against the scale as stored (rounded to the weight's dtype): the kernels use that one.
+        scale = (w.abs().amax(dim=1).clamp(min=1e-12) / 127).to(weight.dtype)  # [N]
+        q = torch.round(w / scale.float()[:, None]).clamp(-127, 127).to(torch.int8)
+        return q, scale
     group = scheme.group_size or k
     grouped = w.reshape(n, k // group, group)
-    scale = grouped.abs().amax(dim=-1).clamp(min=1e-12) / 7  # [N, K/group]; -8 stays unused (symmetric)
-    q = torch.round(grouped / scale[..., None]).clamp(-8, 7).reshape(n, k).to(torch.int32) + 8  # 0..15
+    scale = (grouped.abs().amax(dim=-1).clamp(min=1e-12) / 7).to(weight.dtype)  # [N, K/group]; -8 stays unused
+    q = torch.round(grouped / scale.float()[..., None]).clamp(-8, 7).reshape(n, k).to(torch.int32) + 8  # 0..15
     packed = (q[:, 0::2] << 4 | q[:, 1::2]).to(torch.uint8)  # [N, K/2]
-    return packed, scale.to(weight.dtype)
+    return packed, scale
 
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:

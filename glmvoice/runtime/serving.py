@@ -94,6 +94,7 @@ def pbtxt_parameters(config_pbtxt: str | Path) -> dict[str, str]:
 # Set on the Triton llm pods by the chart (triton.models.llm.quantization); wins over the repository's
 # config.pbtxt, which is shared by every pod and promotion.
 QUANTIZATION_ENV = "GLMVOICE_LLM_QUANTIZATION"
+TENSOR_PARALLEL_ENV = "GLMVOICE_LLM_TENSOR_PARALLEL"  # likewise for the `tensor_parallel` parameter
 
 
 def llm_quantization(parameters: dict[str, str], environ: dict[str, str] | None = None):
@@ -104,6 +105,32 @@ def llm_quantization(parameters: dict[str, str], environ: dict[str, str] | None 
 
     text = (environ or {}).get(QUANTIZATION_ENV) or parameters.get("quantization", "")
     return QuantScheme.parse(text) if text else None
+
+
+def load_engine_model(path: Path, device: torch.device, parameters: dict[str, str], environ: dict[str, str] | None = None):
+    """-> (what LLMEngine drives, TextTokenizer) for the `llm` model's parameters: the model in this process,
+    or with `tensor_parallel` N > 1 a TensorParallelRunner over N rank processes (one GPU each on a GPU
+    instance, gloo ranks on CPU), each holding 1/N of the weights."""
+    from glmvoice.models.llm_checkpoint import load_llm
+    from glmvoice.models.text_tokenizer import TextTokenizer
+
+    quantize = llm_quantization(parameters, environ)
+    world = int((environ or {}).get(TENSOR_PARALLEL_ENV) or parameters.get("tensor_parallel", "1"))
+    if world <= 1:
+        return load_llm(path, device=device, quantize=quantize)
+    import shutil
+
+    from glmvoice.runtime.tensor_parallel import RankSpec, TensorParallelRunner
+
+    config = engine_config(parameters)
+    spec = RankSpec(
+        str(path), world, config.max_slots, config.max_seq_len, device=device.type,
+        quantize=(environ or {}).get(QUANTIZATION_ENV) or parameters.get("quantization", ""),
+        threads=int(parameters.get("cpu_threads", "1")) or 1,
+        # Ranks are spawned interpreters: inside Triton this process is the backend stub, not python.
+        python=shutil.which("python3") or shutil.which("python"),
+    )
+    return TensorParallelRunner(spec), TextTokenizer.from_directory(path)
 
 
 def engine_config(parameters: dict[str, str]):

@@ -37,6 +37,7 @@ class RankSpec:
     quantize: str = ""  # as the llm model's `quantization` parameter
     threads: int = 1  # torch threads per rank on CPU
     timeout_s: float = 120.0  # collectives give up after this (a backstop; the driver notices dead ranks first)
+    python: str | None = None  # interpreter for the ranks (None: this one's sys.executable)
 
 
 def _free_port() -> int:
@@ -98,6 +99,8 @@ class TensorParallelRunner:
         self.spec = spec
         self.broken: str | None = None
         context = mp.get_context("spawn")
+        if spec.python:
+            context.set_executable(spec.python)
         port = _free_port()
         self.conns, self.procs = [], []
         for rank in range(spec.world):

@@ -23,3 +23,14 @@ def test_bad_quantization_values_are_refused(helm):
                              ("triton.models.speech_decoder.quantization=int8", "only the llm model")):
         proc = run_helm(helm, "template", RELEASE, str(CHART), "--set", setting, check=False)
         assert proc.returncode != 0 and message in proc.stderr, setting
+
+
+def test_tensor_parallel_sets_the_ranks_and_needs_a_gpu_per_rank(helm):
+    docs = render(helm, None, "triton.models.llm.tensorParallel=2", "triton.models.llm.gpu=2")
+    assert env_of(docs, LLM)["GLMVOICE_LLM_TENSOR_PARALLEL"] == "2"
+    container = pod_spec(by_kind(docs, "Deployment")[LLM])["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert "GLMVOICE_LLM_TENSOR_PARALLEL" not in env_of(render(helm), LLM)
+    proc = run_helm(helm, "template", RELEASE, str(CHART), "--set", "triton.models.llm.tensorParallel=2",
+                    "--set", "triton.models.llm.gpu=1", check=False)
+    assert proc.returncode != 0 and "one GPU per rank" in proc.stderr

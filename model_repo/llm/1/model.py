@@ -23,12 +23,11 @@ import uuid
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from glmvoice.models.llm_checkpoint import load_llm
 from glmvoice.runtime import llm_contract as contract
 from glmvoice.runtime.llm_engine import GenerationRequest, LLMEngine
 from glmvoice.sampling import OFFICIAL_SAMPLING, SamplingParams
 from glmvoice.runtime.serving import (
-    RequestInputs, apply_cpu_threads, engine_config, llm_quantization, model_parameters, read_version, triton_device,
+    RequestInputs, apply_cpu_threads, engine_config, load_engine_model, model_parameters, read_version, triton_device,
     triton_error, version_dir_from_args,
 )
 from glmvoice.sampling import OFFICIAL_SAMPLING, SamplingParams
@@ -46,8 +45,8 @@ class TritonPythonModel:
         apply_cpu_threads(device, int(params.get("cpu_threads", "0")))
         self.default_chunk = int(params.get("stream_chunk_tokens", "1"))
         self.cancel_poll_s = int(params.get(contract.CANCEL_POLL_MS, "50")) / 1000
-        quantize = llm_quantization(params, dict(os.environ))
-        self.model, self.tokenizer = load_llm(spec["path"], device=device, quantize=quantize)
+        # The model here, or a runner over tensor-parallel rank processes (`tensor_parallel` parameter).
+        self.model, self.tokenizer = load_engine_model(spec["path"], device, params, dict(os.environ))
         self.default_stop_ids = frozenset(self.tokenizer.stop_ids)
         self.engine = LLMEngine(self.model, engine_config(params)).start()
         self.senders = {}  # request id -> (request, sender) while streaming, for cancellation polling
@@ -189,5 +188,6 @@ class TritonPythonModel:
         self.running = False
         self.watcher.join()
         self.engine.stop()
+        self.engine.runner.close()  # stops tensor-parallel rank processes
         self.outbox.put(None)
         self.postman.join()
