@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from glmvoice.models.llm import GLMConfig
+from glmvoice.models.llm import GLMConfig, Transformer, TransformerBlock
 
 
 def check_world(config: GLMConfig, world: int) -> None:
@@ -105,13 +105,15 @@ class VocabParallelOutput(nn.Module):
         return gather_logits(self.inner(x), self.world)
 
 
-def parallelize(model: nn.Module, rank: int, world: int) -> nn.Module:
-    """Wraps a rank's loaded Transformer (over shard_config) with its all-reduces and the logits gather."""
-    model.tok_embeddings = VocabParallelEmbedding(model.tok_embeddings.weight.data, rank)
-    model.output = VocabParallelOutput(model.output, world)
+def parallelize(model: Transformer, rank: int, world: int) -> Transformer:
+    """Wraps a rank's loaded Transformer (over shard_config) with its all-reduces and the logits gather
+    (add_module: each wrapper takes the place of the layer it wraps)."""
+    model.add_module("tok_embeddings", VocabParallelEmbedding(model.tok_embeddings.weight.data, rank))
+    model.add_module("output", VocabParallelOutput(model.output, world))
     for layer in model.layers:
-        layer.attention.wo = AllReduceOutput(layer.attention.wo)
-        layer.feed_forward.w2 = AllReduceOutput(layer.feed_forward.w2)
+        assert isinstance(layer, TransformerBlock)
+        layer.attention.add_module("wo", AllReduceOutput(layer.attention.wo))
+        layer.feed_forward.add_module("w2", AllReduceOutput(layer.feed_forward.w2))
     return model
 
 

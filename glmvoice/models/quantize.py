@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 QUANTIZED_LINEARS = ("attention.wqkv", "attention.wo", "feed_forward.w13", "feed_forward.w2")
 INT4_KERNEL_GROUPS = (32, 64, 128, 256)  # group sizes torch's int4 kernels take
@@ -52,11 +51,11 @@ class QuantScheme:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, raw: dict) -> "QuantScheme":
+    def from_json(cls, raw: dict) -> QuantScheme:
         return cls(**raw)
 
     @classmethod
-    def parse(cls, text: str) -> "QuantScheme":
+    def parse(cls, text: str) -> QuantScheme:
         """"int8", "int4" (per channel) or "int4-g128" (groups of 128), as the config parameter / flags say."""
         name, _, group = text.partition("-g")
         if name not in ("int8", "int4"):
@@ -128,7 +127,10 @@ class QuantizedLinear(nn.Module):
             self.register_buffer("weight", stored.contiguous(), persistent=False)
             self.register_buffer("scale", scale.to(dtype).contiguous(), persistent=False)
         else:
-            self.group = _kernel_group(in_features, scheme.group_size)
+            group = _kernel_group(in_features, scheme.group_size)
+            if group is None:
+                raise ValueError(f"no int4 kernel group size divides {in_features} input columns")
+            self.group = group
             scale = scale.float().repeat_interleave(in_features // scale.shape[1] // self.group, dim=1)  # [N, K/group]
             # The kernels add `zero` after scaling (w = (q - 8) * scale + zero): symmetric absmax has zero 0.
             zeros = torch.zeros_like(scale)
@@ -164,7 +166,7 @@ def quantize_state(state: dict[str, torch.Tensor], scheme: QuantScheme) -> dict[
     for key, tensor in state.items():
         layer = key.removesuffix(".weight")
         if key.endswith(".weight") and layer.endswith(QUANTIZED_LINEARS):
-            scheme.check_shape(*tensor.shape, name=layer)
+            scheme.check_shape(tensor.shape[0], tensor.shape[1], name=layer)
             out[key], out[f"{layer}.weight_scale"] = quantize_weight(tensor, scheme)
         else:
             out[key] = tensor
@@ -212,7 +214,8 @@ def _is_cache(tensor: torch.Tensor, model: nn.Module) -> bool:
 def quantize_model(model: nn.Module, scheme: QuantScheme) -> nn.Module:
     """Quantizes a built float model's block linears in place, on the model's device (benchmarks on
     random weights; checkpoints go through llm_checkpoint.load_llm / write_quantized_llm)."""
-    dtype, device = model.output.weight.dtype, model.output.weight.device
+    output_weight = model.get_parameter("output.weight")
+    dtype, device = output_weight.dtype, output_weight.device
     linears = {f"{name}.{key}": t for name in quantized_module_names(model)
                for key, t in model.get_submodule(name).state_dict().items()}
     load_quantized_linears(model, quantize_state(linears, scheme), scheme, dtype, device)

@@ -6,8 +6,8 @@ engine; this loop is the simple reference path used by the CLI, evaluation and t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from glmvoice.models.llm import Transformer
 from glmvoice.runtime.model_runner import ModelRunner

@@ -69,7 +69,7 @@ _PBTXT_TYPES = {np.int64: "TYPE_INT64", np.int32: "TYPE_INT32", np.float32: "TYP
 
 def request_inputs(prompt_ids, max_new_tokens: int, sampling, prefix_key: str | None = None) -> dict[str, np.ndarray]:
     """One request's input arrays by name; `sampling` has SamplingParams' fields (seed None is left out)."""
-    arrays = {
+    arrays: dict[str, np.ndarray] = {
         INPUT_IDS: np.asarray(prompt_ids, np.int64).reshape(-1),
         MAX_NEW_TOKENS: np.array([max_new_tokens], np.int32),
     }

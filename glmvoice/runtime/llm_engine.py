@@ -17,7 +17,14 @@ import threading
 
 from glmvoice.runtime.llm_contract import EngineFullError, RequestError
 from glmvoice.runtime.llm_scheduler import (
-    FINISH_REASONS, EngineConfig, FinishCallback, GenerationRequest, Scheduler, Sequence, StepPlan, TokenCallback,
+    FINISH_REASONS,
+    EngineConfig,
+    FinishCallback,
+    GenerationRequest,
+    Scheduler,
+    Sequence,
+    StepPlan,
+    TokenCallback,
 )
 from glmvoice.runtime.model_runner import ModelRunner
 from glmvoice.runtime.sampling import make_generator
@@ -60,7 +67,7 @@ class LLMEngine:
         """The engine thread is running (a health check for in-process serving)."""
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self) -> "LLMEngine":
+    def start(self) -> LLMEngine:
         self._running = True
         self._thread = threading.Thread(target=self._loop, name="llm-engine", daemon=True)
         self._thread.start()

@@ -7,9 +7,11 @@ store keeps and restores a slot's KV through `save_prefix` / `load_prefix` witho
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
-from glmvoice.models.llm import Transformer
+from glmvoice.models.llm import KVCache, Transformer
 
 # What save_prefix returns: per layer (k, v), each [H_kv, n, D]; opaque to the scheduler.
 PrefixKV = list[tuple[torch.Tensor, torch.Tensor]]
@@ -45,13 +47,16 @@ class ModelRunner:
         hidden = self.model.hidden_states(idx, positions, rows=rows)[:, -1]  # [B, C]
         return self.model.output(hidden).float()  # [B, V]
 
+    def _caches(self) -> list[KVCache]:
+        return cast(list[KVCache], list(self.model.kv_caches or []))
+
     def save_prefix(self, slot: int, length: int) -> PrefixKV:
         """A copy of the KV of positions 0..length-1 of a slot."""
-        return [(c.k_cache[slot, :, :length].clone(), c.v_cache[slot, :, :length].clone()) for c in self.model.kv_caches]
+        return [(c.k_cache[slot, :, :length].clone(), c.v_cache[slot, :, :length].clone()) for c in self._caches()]
 
     def load_prefix(self, slot: int, kv: PrefixKV, length: int) -> None:
         """Writes the first `length` positions of a saved prefix into a slot."""
-        for cache, (k, v) in zip(self.model.kv_caches, kv):
+        for cache, (k, v) in zip(self._caches(), kv):
             cache.k_cache[slot, :, :length] = k[:, :length]
             cache.v_cache[slot, :, :length] = v[:, :length]
 

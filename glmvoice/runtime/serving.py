@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch loads only in the functions that run models: services.triton.repository imports this module
+    import torch
 
 CHECKPOINT_FILE = "checkpoint.json"
 
@@ -30,6 +32,8 @@ def read_version(version_dir: str | Path) -> dict:
 
 def triton_device(requested: str, instance_kind: str, device_id: str | int) -> torch.device:
     """The device of one model instance: a GPU instance gets its own card, a CPU instance the CPU."""
+    import torch
+
     if requested == "cpu" or (requested == "auto" and (instance_kind != "GPU" or not torch.cuda.is_available())):
         return torch.device("cpu")
     if not torch.cuda.is_available():
@@ -50,6 +54,8 @@ def model_parameters(model_config: dict) -> dict[str, str]:
 def apply_cpu_threads(device: torch.device, threads: int) -> None:
     """Each Triton instance is its own process; on a shared CPU, fewer torch threads per instance avoid
     oversubscription. 0 keeps torch's default."""
+    import torch
+
     if device.type == "cpu" and threads > 0:
         torch.set_num_threads(threads)
 

@@ -70,7 +70,7 @@ def real_layer(group: int) -> dict:
     report["bf16_bytes_per_block"] = float_bytes
     for scheme in (QuantScheme(8), QuantScheme(4), QuantScheme(4, group)):
         nbytes, worst_step, exact_packing, kernel_error = 0, 0.0, True, 0.0
-        for name, (n, k) in shapes.items():
+        for n, k in shapes.values():
             weight = (0.02 * torch.randn(n, k, generator=generator)).to(torch.bfloat16)
             stored, scale = quantize_weight(weight, scheme)
             nbytes += stored.numel() * stored.element_size() + scale.numel() * scale.element_size()

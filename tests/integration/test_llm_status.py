@@ -15,8 +15,8 @@ import pytest
 
 from glmvoice.models.llm_checkpoint import load_llm
 from glmvoice.runtime.llm_engine import LLMEngine
-from glmvoice.sampling import SamplingParams
 from glmvoice.runtime.serving import engine_config
+from glmvoice.sampling import SamplingParams
 from services.orchestrator.backends import LMRequest
 from services.orchestrator.backends.inprocess import InProcessBackend
 from services.orchestrator.backends.triton import TritonBackend

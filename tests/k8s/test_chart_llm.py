@@ -1,6 +1,14 @@
 """The chart's LM settings: weight-only quantization reaches the llm pods, and only them."""
 
-from tests.k8s.test_chart import CHART, RELEASE, by_kind, helm, pod_spec, render, run_helm  # noqa: F401 - helm is a fixture
+from tests.k8s.test_chart import (  # noqa: F401 - helm is a fixture
+    CHART,
+    RELEASE,
+    by_kind,
+    helm,
+    pod_spec,
+    render,
+    run_helm,
+)
 
 LLM = f"{RELEASE}-glmvoice-triton-llm"
 

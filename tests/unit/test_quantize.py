@@ -11,7 +11,12 @@ import torch.nn.functional as F
 from glmvoice.cli import main as cli_main
 from glmvoice.models.llm_checkpoint import load_llm, stored_quantization
 from glmvoice.models.quantize import (
-    QuantizedLinear, QuantScheme, dequantize_weight, quantize_weight, unpack_int4, weight_bytes,
+    QuantizedLinear,
+    QuantScheme,
+    dequantize_weight,
+    quantize_weight,
+    unpack_int4,
+    weight_bytes,
 )
 from glmvoice.runtime.generate import generate
 from glmvoice.runtime.llm_engine import EngineConfig, GenerationRequest, LLMEngine

@@ -25,10 +25,16 @@ import triton_python_backend_utils as pb_utils
 
 from glmvoice.runtime import llm_contract as contract
 from glmvoice.runtime.llm_engine import GenerationRequest, LLMEngine
-from glmvoice.sampling import OFFICIAL_SAMPLING, SamplingParams
 from glmvoice.runtime.serving import (
-    RequestInputs, apply_cpu_threads, engine_config, load_engine_model, model_parameters, read_version, triton_device,
-    triton_error, version_dir_from_args,
+    RequestInputs,
+    apply_cpu_threads,
+    engine_config,
+    load_engine_model,
+    model_parameters,
+    read_version,
+    triton_device,
+    triton_error,
+    version_dir_from_args,
 )
 from glmvoice.sampling import OFFICIAL_SAMPLING, SamplingParams
 
