@@ -97,10 +97,13 @@ def tag_error(exc: Exception) -> tuple[str, str]:
     return status, f"[{status}] {exc}"
 
 
-def error_status(message: str) -> str | None:
-    """The gRPC status name an adapter error message carries (None: not one of ours)."""
+def error_status(message: str) -> tuple[str | None, str]:
+    """-> (the gRPC status name an adapter error message carries, None if it is not one of ours; the message
+    without the status tag, for the client)."""
     match = _TAG.search(message)
-    return match.group(1) if match and match.group(1) in ERROR_TRITON_CODES else None
+    if not match or match.group(1) not in ERROR_TRITON_CODES:
+        return None, message
+    return match.group(1), message[: match.start()] + message[match.end() :]
 
 
 def check_model_config(config: dict) -> None:

@@ -56,8 +56,8 @@ def test_request_inputs_carry_every_sampling_field_with_its_dtype():
 )
 def test_errors_carry_their_status_in_the_message(exc, status):
     name, message = contract.tag_error(exc)
-    assert name == status and contract.error_status(f"llm: {message}") == status
-    assert contract.error_status("plain message") is None
+    assert name == status and contract.error_status(f"llm: {message}") == (status, f"llm: {exc}")
+    assert contract.error_status("plain message") == (None, "plain message")
 
 
 def test_the_contract_imports_without_torch():

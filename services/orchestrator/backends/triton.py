@@ -40,7 +40,8 @@ def backend_error(model: str, exc: Exception) -> OrchestratorError:
     with neither (a broken connection) means the model is unavailable."""
     status = exc.status() if isinstance(exc, InferenceServerException) else None
     message = exc.message() if isinstance(exc, InferenceServerException) else str(exc)
-    name = llm_contract.error_status(message or "") or _CODES.get(status) or ("UNAVAILABLE" if status is None else "INTERNAL")
+    tagged, message = llm_contract.error_status(message or "")
+    name = tagged or _CODES.get(status) or ("UNAVAILABLE" if status is None else "INTERNAL")
     return _ERRORS.get(name, OrchestratorError)(f"{model}: {message}")
 
 
