@@ -76,8 +76,13 @@ def main() -> int:
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
-        model = build(config, device, torch.bfloat16, scheme)
-        runner = ModelRunner(model, max(streams), args.context + args.steps + 4)
+        try:  # a format whose kernel this device lacks is reported, and the others still run
+            model = build(config, device, torch.bfloat16, scheme)
+            runner = ModelRunner(model, max(streams), args.context + args.steps + 4)
+            decode_rate(runner, 1, 8, 1, device)
+        except (RuntimeError, NotImplementedError) as exc:
+            report["formats"][name] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            continue
         weights = weight_bytes(model)["total"]
         row = {"weight_bytes": weights, "per_streams": {}}
         for count in streams:
