@@ -172,7 +172,8 @@ def load_llm(
 
     A quantized checkpoint (`glmvoice quantize`) loads as it was written; `quantize` quantizes a float
     checkpoint while loading (on the host, before anything reaches `device`), or must match the stored scheme.
-    shard (rank, world): that tensor-parallel rank's slices (llm_tensor_parallel), before any quantization."""
+    shard (rank, world): that tensor-parallel rank's slices (llm_tensor_parallel), cut after quantizing, so a
+    rank computes exactly its part of the unsplit quantized model."""
     directory = Path(directory)
     config = load_config(directory)
     tokenizer = TextTokenizer.from_directory(directory)
@@ -182,18 +183,16 @@ def load_llm(
     stored = stored_quantization(directory)
     if stored is not None and quantize is not None and quantize != stored:
         raise ValueError(f"{directory} is quantized as {stored}; cannot load it as {quantize}")
+    scheme = stored or quantize
+    if scheme is not None and stored is None:
+        state = quantize_state(state, scheme)
     if shard is not None:
         from glmvoice.models import llm_tensor_parallel as tp
 
-        if stored is not None:
-            raise ValueError(f"{directory} is quantized; tensor parallelism shards a float checkpoint (use quantize)")
         state, config = tp.shard_state(state, config, *shard), tp.shard_config(config, shard[1])
-    scheme = stored or quantize
     float_dtype = dtype or state["output.weight"].dtype
     model = build_on_meta(lambda: Transformer(config))
     if scheme is not None:
-        if stored is None:
-            state = quantize_state(state, scheme)
         state = load_quantized_linears(model, state, scheme, float_dtype, device)
     state = {k: v.to(device=device, dtype=float_dtype) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)

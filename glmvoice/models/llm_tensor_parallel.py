@@ -40,20 +40,33 @@ def _rows(tensor: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     return tensor.chunk(world, dim=0)[rank]
 
 
+def _columns(key: str, tensor: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """A row-parallel layer's input columns for this rank. Quantized layers (glmvoice.models.quantize's
+    stored format) split as stored: int8 columns, INT4 bytes (two columns each), group scales by group; a
+    per-output-channel scale is the whole row's and is kept on every rank, so the shards compute exactly
+    what the unsplit quantized layer does."""
+    if key.endswith(".weight_scale") and (tensor.dim() == 1 or tensor.shape[1] == 1):
+        return tensor
+    if tensor.shape[1] % world:
+        raise ValueError(f"{key}: {tensor.shape[1]} columns (or groups) do not split over {world} ranks")
+    return tensor.chunk(world, dim=1)[rank]
+
+
 def shard_state(state: dict[str, torch.Tensor], config: GLMConfig, rank: int, world: int) -> dict[str, torch.Tensor]:
-    """A full float state dict (our key names) -> rank `rank`'s slices."""
+    """A full state dict (our key names; float, or quantized in the stored format) -> rank `rank`'s slices."""
     c = config
     q_size, kv_size = c.n_head * c.head_dim, c.n_local_heads * c.head_dim
     out = {}
     for key, tensor in state.items():
-        if key.endswith(("attention.wqkv.weight", "attention.wqkv.bias")):
+        # Column-parallel layers split their output rows: weight, bias and scales alike.
+        if ".attention.wqkv." in key:
             q, k, v = tensor.split([q_size, kv_size, kv_size], dim=0)
             out[key] = torch.cat([_rows(q, rank, world), _rows(k, rank, world), _rows(v, rank, world)])
-        elif key.endswith("feed_forward.w13.weight"):
+        elif ".feed_forward.w13." in key:
             gate, up = tensor.chunk(2, dim=0)
             out[key] = torch.cat([_rows(gate, rank, world), _rows(up, rank, world)])
-        elif key.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
-            out[key] = tensor.chunk(world, dim=1)[rank]  # row parallel: this rank's input columns
+        elif ".attention.wo." in key or ".feed_forward.w2." in key:
+            out[key] = _columns(key, tensor, rank, world)
         elif key in ("tok_embeddings.weight", "output.weight"):
             out[key] = _rows(tensor, rank, world)
         else:

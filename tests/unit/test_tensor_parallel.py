@@ -109,3 +109,19 @@ def test_a_dead_rank_fails_every_request_with_a_clear_error(tiny_llm_dir):
         engine.stop()
         runner.close()
     assert not any(p.is_alive() for p in runner.procs)
+
+
+@pytest.mark.parametrize("bits", ["8", "4"])
+def test_two_ranks_of_a_quantized_checkpoint_equal_one(tiny_llm_dir, tmp_path, bits):
+    """Ranks cut the stored quantized tensors (a row's per-channel scale stays whole), so they compute
+    exactly the unsplit quantized model."""
+    from glmvoice.cli import main as cli_main
+
+    assert cli_main(["quantize", "--checkpoint", str(tiny_llm_dir), "--bits", bits, "--out", str(tmp_path / "q")]) == 0
+    single = ModelRunner(load_llm(tmp_path / "q")[0], 1, 64)
+    runner = TensorParallelRunner(RankSpec(str(tmp_path / "q"), world=2, max_slots=1, max_seq_len=64))
+    try:
+        prompt = [3, 9, 27, 81, 243, 5, 7]
+        assert torch.allclose(runner.forward([prompt], [0], [0]), single.forward([prompt], [0], [0]), atol=1e-5, rtol=0)
+    finally:
+        runner.close()
