@@ -17,6 +17,7 @@ COMMANDS = {
     "info": ("glmvoice.cli.info", "parameter count and vocabulary facts of a checkpoint or preset"),
     "tokenize": ("glmvoice.cli.tokenize", "audio files to speech token codes (JSON lines)"),
     "generate": ("glmvoice.cli.generate", "run the LM on ids, text or audio; print ids, text and speech codes"),
+    "quantize": ("glmvoice.cli.quantize", "a weight-only INT8 / INT4 copy of an LM checkpoint"),
     "synthesize": ("glmvoice.cli.synthesize", "speech codes to a waveform with the speech decoder"),
     "chat": ("glmvoice.cli.chat", "one spoken turn against a running stack (gRPC, or /v1/realtime with --ws), reply to a WAV"),
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import fields
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 
 from glmvoice.models.common import build_on_meta, load_safetensors, save_safetensors_sharded
 from glmvoice.models.llm import GLMConfig, Transformer
+from glmvoice.models.quantize import QuantScheme, load_quantized_linears, quantize_state
 from glmvoice.models.text_tokenizer import TextTokenizer
 
 SHARD_PATTERN = "model-{:05d}-of-{:05d}.safetensors"
@@ -65,6 +67,13 @@ KEY_MAP = {
     "transformer.encoder.final_layernorm.weight": "norm.weight",
     "transformer.output_layer.weight": "output.weight",
 }
+# Weight-only quantized checkpoints (glmvoice.models.quantize) add a scale beside each block linear's weight.
+KEY_MAP |= {
+    theirs.replace(".weight", ".weight_scale"): ours.replace(".weight", ".weight_scale")
+    for theirs, ours in KEY_MAP.items()
+    if ours.endswith(("wqkv.weight", "wo.weight", "w13.weight", "w2.weight"))
+}
+QUANTIZATION_FIELD = "quantization"  # config.json: the scheme of a quantized checkpoint (QuantScheme.to_json)
 _LAYER = re.compile(r"\.(\d+)\.")
 
 
@@ -138,7 +147,7 @@ def from_published(state: dict[str, torch.Tensor], config: GLMConfig) -> dict[st
 def to_published(state: dict[str, torch.Tensor], config: GLMConfig) -> dict[str, torch.Tensor]:
     reverse = {ours: theirs for theirs, ours in KEY_MAP.items()}
     out = {_rename(key, reverse): tensor for key, tensor in state.items()}
-    out[INV_FREQ_KEY] = _published_inv_freq(config).to(next(iter(state.values())).dtype)
+    out[INV_FREQ_KEY] = _published_inv_freq(config).to(state["output.weight"].dtype)  # float in quantized ones too
     return out
 
 
@@ -149,18 +158,69 @@ def load_config(directory: str | Path) -> GLMConfig:
     return config_from_chatglm(json.loads(path.read_text()))
 
 
-def load_llm(directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
-    """-> (Transformer in eval mode, TextTokenizer). dtype None keeps the checkpoint's dtype."""
+def stored_quantization(directory: str | Path) -> QuantScheme | None:
+    """The scheme a quantized checkpoint was written with (None: float weights)."""
+    raw = json.loads((Path(directory) / "config.json").read_text())
+    return QuantScheme.from_json(raw[QUANTIZATION_FIELD]) if QUANTIZATION_FIELD in raw else None
+
+
+def load_llm(
+    directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+    quantize: QuantScheme | None = None, shard: tuple[int, int] | None = None,
+):
+    """-> (Transformer in eval mode, TextTokenizer). dtype None keeps the checkpoint's float dtype.
+
+    A quantized checkpoint (`glmvoice quantize`) loads as it was written; `quantize` quantizes a float
+    checkpoint while loading (on the host, before anything reaches `device`), or must match the stored scheme.
+    shard (rank, world): that tensor-parallel rank's slices (llm_tensor_parallel), cut after quantizing, so a
+    rank computes exactly its part of the unsplit quantized model."""
     directory = Path(directory)
     config = load_config(directory)
     tokenizer = TextTokenizer.from_directory(directory)
     if tokenizer.vocab_size > config.vocab_size:
         raise ValueError(f"tokenizer ids reach {tokenizer.vocab_size}, beyond padded_vocab_size {config.vocab_size}")
     state = from_published(load_safetensors(directory, "model.safetensors", INDEX_NAME), config)
+    stored = stored_quantization(directory)
+    if stored is not None and quantize is not None and quantize != stored:
+        raise ValueError(f"{directory} is quantized as {stored}; cannot load it as {quantize}")
+    scheme = stored or quantize
+    if scheme is not None and stored is None:
+        state = quantize_state(state, scheme)
+    if shard is not None:
+        from glmvoice.models import llm_tensor_parallel as tp
+
+        state, config = tp.shard_state(state, config, *shard), tp.shard_config(config, shard[1])
+    float_dtype = dtype or state["output.weight"].dtype
     model = build_on_meta(lambda: Transformer(config))
-    state = {k: v.to(device=device, dtype=dtype or v.dtype) for k, v in state.items()}
+    if scheme is not None:
+        state = load_quantized_linears(model, state, scheme, float_dtype, device)
+    state = {k: v.to(device=device, dtype=float_dtype) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval(), tokenizer
+
+
+def write_quantized_llm(source: str | Path, out: str | Path, scheme: QuantScheme, max_shard_bytes: int = 5 << 30) -> dict:
+    """Writes a quantized copy of a float checkpoint: config.json recording the scheme, sharded safetensors
+    with the stored weights and scales (published key names), and every other file (tokenizer, provenance)
+    as it was. -> {"source_bytes", "bytes"}: the tensors' bytes before and after."""
+    source, out = Path(source), Path(out)
+    if stored_quantization(source) is not None:
+        raise ValueError(f"{source} is already quantized")
+    if out.resolve() == source.resolve():
+        raise ValueError("--out must differ from --checkpoint")
+    config = load_config(source)
+    state = from_published(load_safetensors(source, "model.safetensors", INDEX_NAME), config)
+    quantized = quantize_state(state, scheme)
+    out.mkdir(parents=True, exist_ok=True)
+    weight_files = {INDEX_NAME, "config.json", "model.safetensors"}
+    for path in source.iterdir():
+        if path.is_file() and path.name not in weight_files and not path.name.endswith(".safetensors"):
+            shutil.copy2(path, out / path.name)
+    raw = json.loads((source / "config.json").read_text()) | {QUANTIZATION_FIELD: scheme.to_json()}
+    (out / "config.json").write_text(json.dumps(raw, indent=2))
+    save_safetensors_sharded(to_published(quantized, config), out, SHARD_PATTERN, INDEX_NAME, max_shard_bytes)
+    nbytes = lambda s: sum(t.numel() * t.element_size() for t in s.values())  # noqa: E731
+    return {"source_bytes": nbytes(state), "bytes": nbytes(quantized)}
 
 
 def save_llm(

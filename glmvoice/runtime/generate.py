@@ -1,7 +1,7 @@
 """Single-request generation over the model's static KV cache: prefill, then one-token decode steps.
 
-The in-flight batching engine builds on the same pieces (Transformer.prefill / decode_one_token and
-runtime.sampling); this loop is the simple reference path used by the CLI and tests.
+It runs the model through the same ModelRunner.forward and runtime.sampling as the in-flight batching
+engine; this loop is the simple reference path used by the CLI, evaluation and tests.
 """
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
 from glmvoice.models.llm import Transformer
+from glmvoice.runtime.model_runner import ModelRunner
 from glmvoice.runtime.sampling import make_generator, sample
 from glmvoice.sampling import SamplingParams
 
@@ -23,7 +22,6 @@ class GenerationResult:
     stop_id: int | None = None
 
 
-@torch.inference_mode()
 def generate(
     model: Transformer,
     prompt_ids: list[int],
@@ -42,13 +40,11 @@ def generate(
         raise ValueError(
             f"prompt ({len(prompt_ids)}) + max_new_tokens ({max_new_tokens}) exceeds {model.config.block_size}"
         )
-    device = model.output.weight.device
-    model.setup_caches(1, total)
-    generator = make_generator(params, device)
+    runner = ModelRunner(model, 1, total)
+    generator = make_generator(params, runner.device)
     stops = frozenset(int(i) for i in stop_ids)
 
-    prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # [1, T]
-    logits = model.prefill(prompt, torch.arange(len(prompt_ids), device=device))  # [1, V]
+    logits = runner.forward([list(prompt_ids)], [0])  # [1, V]
     seen, generated = list(prompt_ids), list[int]()
     for step in range(max_new_tokens):
         next_id = int(sample(logits, [params], [generator], [seen], [generated])[0])
@@ -59,6 +55,5 @@ def generate(
         generated.append(next_id)
         seen.append(next_id)
         if step + 1 < max_new_tokens:
-            position = torch.tensor([len(prompt_ids) + step], device=device)
-            logits = model.decode_one_token(torch.tensor([[next_id]], device=device), position)
+            logits = runner.forward([[next_id]], [len(prompt_ids) + step])
     return GenerationResult(generated, "length")

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch loads only in the functions that run models: services.triton.repository imports this module
+    import torch
 
 CHECKPOINT_FILE = "checkpoint.json"
 
@@ -30,6 +32,8 @@ def read_version(version_dir: str | Path) -> dict:
 
 def triton_device(requested: str, instance_kind: str, device_id: str | int) -> torch.device:
     """The device of one model instance: a GPU instance gets its own card, a CPU instance the CPU."""
+    import torch
+
     if requested == "cpu" or (requested == "auto" and (instance_kind != "GPU" or not torch.cuda.is_available())):
         return torch.device("cpu")
     if not torch.cuda.is_available():
@@ -50,22 +54,20 @@ def model_parameters(model_config: dict) -> dict[str, str]:
 def apply_cpu_threads(device: torch.device, threads: int) -> None:
     """Each Triton instance is its own process; on a shared CPU, fewer torch threads per instance avoid
     oversubscription. 0 keeps torch's default."""
+    import torch
+
     if device.type == "cpu" and threads > 0:
         torch.set_num_threads(threads)
 
 
 def triton_error(pb_utils, exc: Exception):
-    """A per-request TritonError with the status the client should see: bad input is INVALID_ARG
-    (gRPC INVALID_ARGUMENT), a full engine UNAVAILABLE (retry later), anything else INTERNAL."""
-    from glmvoice.runtime.llm_engine import EngineFullError
+    """A per-request TritonError with the status the client should see, as llm_contract maps it: bad
+    input INVALID_ARGUMENT, a full engine RESOURCE_EXHAUSTED (retry later), anything else INTERNAL. The
+    status leads the message, because a decoupled stream delivers the message only."""
+    from glmvoice.runtime.llm_contract import ERROR_TRITON_CODES, tag_error
 
-    if isinstance(exc, ValueError):
-        code = pb_utils.TritonError.INVALID_ARG
-    elif isinstance(exc, EngineFullError):
-        code = pb_utils.TritonError.UNAVAILABLE
-    else:
-        code = pb_utils.TritonError.INTERNAL
-    return pb_utils.TritonError(str(exc), code)
+    status, message = tag_error(exc)
+    return pb_utils.TritonError(message, getattr(pb_utils.TritonError, ERROR_TRITON_CODES[status]))
 
 
 class RequestInputs:
@@ -93,6 +95,48 @@ def pbtxt_parameters(config_pbtxt: str | Path) -> dict[str, str]:
 
     config = text_format.Parse(Path(config_pbtxt).read_text(), model_config_pb2.ModelConfig())
     return {key: value.string_value for key, value in config.parameters.items()}
+
+
+# Set on the Triton llm pods by the chart (triton.models.llm.quantization); wins over the repository's
+# config.pbtxt, which is shared by every pod and promotion.
+QUANTIZATION_ENV = "GLMVOICE_LLM_QUANTIZATION"
+TENSOR_PARALLEL_ENV = "GLMVOICE_LLM_TENSOR_PARALLEL"  # likewise for the `tensor_parallel` parameter
+
+
+def llm_quantization(parameters: dict[str, str], environ: dict[str, str] | None = None):
+    """The weight-only scheme the `llm` model loads with: the pod's GLMVOICE_LLM_QUANTIZATION if set, else
+    the `quantization` parameter: "" (the checkpoint as stored), "int8", "int4" or "int4-g<N>". A
+    checkpoint written by `glmvoice quantize` loads quantized either way (a different scheme is an error)."""
+    from glmvoice.models.quantize import QuantScheme
+
+    text = (environ or {}).get(QUANTIZATION_ENV) or parameters.get("quantization", "")
+    return QuantScheme.parse(text) if text else None
+
+
+def load_engine_model(path: Path, device: torch.device, parameters: dict[str, str], environ: dict[str, str] | None = None):
+    """-> (what LLMEngine drives, TextTokenizer) for the `llm` model's parameters: the model in this process,
+    or with `tensor_parallel` N > 1 a TensorParallelRunner over N rank processes (one GPU each on a GPU
+    instance, gloo ranks on CPU), each holding 1/N of the weights."""
+    from glmvoice.models.llm_checkpoint import load_llm
+    from glmvoice.models.text_tokenizer import TextTokenizer
+
+    quantize = llm_quantization(parameters, environ)
+    world = int((environ or {}).get(TENSOR_PARALLEL_ENV) or parameters.get("tensor_parallel", "1"))
+    if world <= 1:
+        return load_llm(path, device=device, quantize=quantize)
+    import shutil
+
+    from glmvoice.runtime.tensor_parallel import RankSpec, TensorParallelRunner
+
+    config = engine_config(parameters)
+    spec = RankSpec(
+        str(path), world, config.max_slots, config.max_seq_len, device=device.type,
+        quantize=(environ or {}).get(QUANTIZATION_ENV) or parameters.get("quantization", ""),
+        threads=int(parameters.get("cpu_threads", "1")) or 1,
+        # Ranks are spawned interpreters: inside Triton this process is the backend stub, not python.
+        python=shutil.which("python3") or shutil.which("python"),
+    )
+    return TensorParallelRunner(spec), TextTokenizer.from_directory(path)
 
 
 def engine_config(parameters: dict[str, str]):

@@ -1,6 +1,20 @@
-"""Triton adapter for the LM: protobuf-free glue between Triton requests and glmvoice.runtime.llm_engine."""
+"""Triton adapter for the LM: protobuf-free glue between Triton requests and glmvoice.runtime.llm_engine.
+
+Tensors (names and dtypes from glmvoice.runtime.llm_contract, declared in config.pbtxt):
+- input_ids INT64 [n]: the prompt (required).
+- max_new_tokens INT32 [1]: default 2000; 0 only prefills and keeps the KV under prefix_key.
+- temperature FP32, top_p FP32, top_k INT32, repetition_penalty FP32, presence_penalty FP32, seed UINT64,
+  each [1]: sampling (absent: the official temperature 0.2, top_p 0.8).
+- stop_ids INT64 [n]: ids that end the reply (default: the checkpoint's chat stop ids).
+- prefix_key STRING [1]: the session id whose KV is kept for its next turn.
+- stream_chunk_tokens INT32 [1]: fewest ids per response but the last.
+- output_ids INT64 [n] (every response): ids generated since the last response.
+- finish_reason STRING [1] (the FINAL response): stop | length | prefilled.
+Errors: per request, the gRPC status in front of the message (llm_contract.tag_error).
+"""
 
 import json
+import os
 import queue
 import threading
 import time
@@ -9,12 +23,13 @@ import uuid
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from glmvoice.models.llm_checkpoint import load_llm
-from glmvoice.runtime.llm_engine import EngineFullError, GenerationRequest, LLMEngine
+from glmvoice.runtime import llm_contract as contract
+from glmvoice.runtime.llm_engine import GenerationRequest, LLMEngine
 from glmvoice.runtime.serving import (
     RequestInputs,
     apply_cpu_threads,
     engine_config,
+    load_engine_model,
     model_parameters,
     read_version,
     triton_device,
@@ -24,20 +39,20 @@ from glmvoice.runtime.serving import (
 from glmvoice.sampling import OFFICIAL_SAMPLING, SamplingParams
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-SAMPLING_INPUTS = ("temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty", "seed")
-# Each poll asks the server process about every live request: often enough to free a barged-in reply's
-# slot well within one 0.8 s speech block, rarely enough not to tax the engine's own steps.
-CANCEL_POLL_S = 0.05
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        config = json.loads(args["model_config"])
+        contract.check_model_config(config)
         spec = read_version(version_dir_from_args(args))
         device = triton_device(spec["device"], args["model_instance_kind"], args["model_instance_device_id"])
-        params = model_parameters(json.loads(args["model_config"]))
+        params = model_parameters(config)
         apply_cpu_threads(device, int(params.get("cpu_threads", "0")))
         self.default_chunk = int(params.get("stream_chunk_tokens", "1"))
-        self.model, self.tokenizer = load_llm(spec["path"], device=device)
+        self.cancel_poll_s = int(params.get(contract.CANCEL_POLL_MS, "50")) / 1000
+        # The model here, or a runner over tensor-parallel rank processes (`tensor_parallel` parameter).
+        self.model, self.tokenizer = load_engine_model(spec["path"], device, params, dict(os.environ))
         self.default_stop_ids = frozenset(self.tokenizer.stop_ids)
         self.engine = LLMEngine(self.model, engine_config(params)).start()
         self.senders = {}  # request id -> (request, sender) while streaming, for cancellation polling
@@ -81,7 +96,7 @@ class TritonPythonModel:
         # Ids go out in responses of `chunk` ids: one response per id costs a message per stream per step,
         # which dominates small models; the final response carries what is left. The engine thread only
         # queues plain ids: building and sending Triton responses is the postman thread's work.
-        chunk = RequestInputs(pb_utils, request).scalar("stream_chunk_tokens") or self.default_chunk
+        chunk = RequestInputs(pb_utils, request).scalar(contract.STREAM_CHUNK_TOKENS) or self.default_chunk
         pending = []
 
         def on_token(token):
@@ -102,22 +117,22 @@ class TritonPythonModel:
             self.senders[generation.request_id] = request
         try:
             self.engine.submit(generation, on_token, on_finish)
-        except (ValueError, EngineFullError) as exc:
+        except (ValueError, contract.EngineFullError) as exc:
             with self.lock:
                 self.senders.pop(generation.request_id, None)
             sender.send(pb_utils.InferenceResponse(error=triton_error(pb_utils, exc)), flags=FINAL)
 
     def _generation_request(self, request):
         inputs = RequestInputs(pb_utils, request)
-        ids = inputs.array("input_ids")
-        sampling = {name: inputs.scalar(name) for name in SAMPLING_INPUTS}
-        stop = inputs.array("stop_ids")
-        key = inputs.scalar("prefix_key")
-        max_new = inputs.scalar("max_new_tokens")
+        ids = inputs.array(contract.INPUT_IDS)
+        sampling = {name: inputs.scalar(name) for name in contract.SAMPLING_INPUTS}
+        stop = inputs.array(contract.STOP_IDS)
+        key = inputs.scalar(contract.PREFIX_KEY)
+        max_new = inputs.scalar(contract.MAX_NEW_TOKENS)
         return GenerationRequest(
             prompt_ids=[int(i) for i in ids],
             sampling=SamplingParams(**{**OFFICIAL_SAMPLING, **{k: v for k, v in sampling.items() if v is not None}}),
-            max_new_tokens=2000 if max_new is None else int(max_new),
+            max_new_tokens=contract.DEFAULT_MAX_NEW_TOKENS if max_new is None else int(max_new),
             stop_ids=frozenset(int(i) for i in stop) if stop is not None else self.default_stop_ids,
             prefix_key=key.decode() if isinstance(key, bytes) else key,
         )
@@ -134,7 +149,7 @@ class TritonPythonModel:
                     self.engine.cancel(rid)
             except Exception as exc:  # this thread must outlive any one bad request
                 pb_utils.Logger.log_error(f"llm cancellation watcher: {exc!r}")
-            time.sleep(CANCEL_POLL_S)
+            time.sleep(self.cancel_poll_s)
 
     def _send_responses(self):
         """Sends queued (sender, ids, finish reason, error) items, each request's in order; a reason or an
@@ -168,9 +183,9 @@ class TritonPythonModel:
             elif reason == "cancelled":
                 sender.send(flags=FINAL)
             else:
-                tensors = [pb_utils.Tensor("output_ids", np.array(ids, np.int64))]
+                tensors = [pb_utils.Tensor(contract.OUTPUT_IDS, np.array(ids, np.int64))]
                 if reason is not None:
-                    tensors.append(pb_utils.Tensor("finish_reason", np.array([reason.encode()], np.object_)))
+                    tensors.append(pb_utils.Tensor(contract.FINISH_REASON, np.array([reason.encode()], np.object_)))
                 sender.send(pb_utils.InferenceResponse(tensors), flags=FINAL if reason is not None else 0)
         except Exception as exc:  # a client gone mid-stream must not stop the others' responses
             pb_utils.Logger.log_error(f"llm response not sent: {exc!r}")
@@ -179,5 +194,6 @@ class TritonPythonModel:
         self.running = False
         self.watcher.join()
         self.engine.stop()
+        self.engine.runner.close()  # stops tensor-parallel rank processes
         self.outbox.put(None)
         self.postman.join()

@@ -23,6 +23,10 @@ import numpy as np
 
 from glmvoice.models.text_tokenizer import TextTokenizer
 from glmvoice.sampling import SamplingParams
+from services.orchestrator.errors import Exhausted, InvalidInput, OrchestratorError
+
+# glmvoice.runtime.llm_contract's status names -> our exceptions (both backends raise these).
+STATUS_ERRORS = {"INVALID_ARGUMENT": InvalidInput, "RESOURCE_EXHAUSTED": Exhausted, "INTERNAL": OrchestratorError}
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from glmvoice.runtime.decoder_service import DecodeItem, DecoderService
-from glmvoice.runtime.llm_engine import EngineFullError, GenerationRequest, LLMEngine, RequestError
-from glmvoice.runtime.serving import engine_config, pbtxt_parameters
+from glmvoice.runtime.llm_contract import EngineFullError, status_of
+from glmvoice.runtime.llm_engine import GenerationRequest, LLMEngine
+from glmvoice.runtime.serving import engine_config, llm_quantization, pbtxt_parameters
 from glmvoice.runtime.tokenizer_service import TokenizeItem, TokenizerService
-from services.orchestrator.backends import LMRequest
-from services.orchestrator.errors import Exhausted, InvalidInput, OrchestratorError
+from services.orchestrator.backends import STATUS_ERRORS, LMRequest
+from services.orchestrator.errors import InvalidInput, OrchestratorError
 from services.triton.repository import templates_dir
 
 
@@ -63,10 +64,8 @@ class InProcessLMStream:
         on_finish = lambda reason, error: loop.call_soon_threadsafe(self.queue.put_nowait, ("finish", (reason, error)))
         try:
             backend.engine.submit(self.generation, on_token, on_finish)
-        except RequestError as exc:
-            raise InvalidInput(f"llm: {exc}") from exc
-        except EngineFullError as exc:
-            raise Exhausted(f"llm: {exc}") from exc
+        except (ValueError, EngineFullError) as exc:  # the same status as the Triton adapter sends
+            raise STATUS_ERRORS[status_of(exc)](f"llm: {exc}") from exc
 
     async def __aiter__(self):
         while True:
@@ -154,9 +153,10 @@ class InProcessBackend:
         speech_tokenizer = load_speech_tokenizer(tokenizer_dir, self.device)
         self.tokenizer = TokenizerService(speech_tokenizer)
         self.input_rate = speech_tokenizer.config.sampling_rate
-        model, self.text_tokenizer = load_llm(llm_dir, device=self.device)
         # The engine takes the same parameters as the Triton `llm` model, read from its config.pbtxt.
-        config = engine_config(pbtxt_parameters(templates_dir() / "llm" / "config.pbtxt"))
+        parameters = pbtxt_parameters(templates_dir() / "llm" / "config.pbtxt")
+        model, self.text_tokenizer = load_llm(llm_dir, device=self.device, quantize=llm_quantization(parameters))
+        config = engine_config(parameters)
         config = dataclasses.replace(config, max_seq_len=min(config.max_seq_len, model.config.block_size))
         self.max_seq_len = config.max_seq_len
         self.engine = LLMEngine(model, config).start()

@@ -17,31 +17,32 @@ from tritonclient.grpc import InferenceServerException, InferInput
 from tritonclient.utils import np_to_triton_dtype
 
 from glmvoice.models.text_tokenizer import TextTokenizer
-from services.orchestrator.backends import LMRequest
-from services.orchestrator.errors import (
-    BackendUnavailable,
-    DeadlineExceeded,
-    Exhausted,
-    InvalidInput,
-    OrchestratorError,
-)
+from glmvoice.runtime import llm_contract
+from services.orchestrator.backends import STATUS_ERRORS, LMRequest
+from services.orchestrator.errors import BackendUnavailable, DeadlineExceeded, OrchestratorError
 
 MODELS = ("speech_tokenizer", "llm", "speech_decoder")
 # model_repo/speech_tokenizer/config.pbtxt: streams take 16 kHz audio only (the model's own rate).
 TOKENIZER_STREAM_RATE = 16000
 EMPTY_FINAL = {"triton_enable_empty_final_response": True}
 _CODES = {
-    "StatusCode.INVALID_ARGUMENT": InvalidInput,
-    "StatusCode.RESOURCE_EXHAUSTED": Exhausted,
-    "StatusCode.UNAVAILABLE": BackendUnavailable,
-    "StatusCode.DEADLINE_EXCEEDED": DeadlineExceeded,
+    "StatusCode.INVALID_ARGUMENT": "INVALID_ARGUMENT",
+    "StatusCode.RESOURCE_EXHAUSTED": "RESOURCE_EXHAUSTED",
+    "StatusCode.UNAVAILABLE": "UNAVAILABLE",
+    "StatusCode.DEADLINE_EXCEEDED": "DEADLINE_EXCEEDED",
 }
+_ERRORS = {**STATUS_ERRORS, "UNAVAILABLE": BackendUnavailable, "DEADLINE_EXCEEDED": DeadlineExceeded}
 
 
 def backend_error(model: str, exc: Exception) -> OrchestratorError:
+    """A model's error as ours. The status the model put in front of its message (llm_contract) wins: a
+    decoupled stream delivers errors without a status code. Otherwise the call's own gRPC code; an error
+    with neither (a broken connection) means the model is unavailable."""
     status = exc.status() if isinstance(exc, InferenceServerException) else None
     message = exc.message() if isinstance(exc, InferenceServerException) else str(exc)
-    return _CODES.get(status, BackendUnavailable if status is None else OrchestratorError)(f"{model}: {message}")
+    tagged, message = llm_contract.error_status(message or "")
+    name = tagged or _CODES.get(status) or ("UNAVAILABLE" if status is None else "INTERNAL")
+    return _ERRORS.get(name, OrchestratorError)(f"{model}: {message}")
 
 
 def _tensor(name: str, array: np.ndarray) -> InferInput:
@@ -94,30 +95,20 @@ class TritonLMStream:
         self._call = client.stream_infer(self._requests(), headers=headers)
 
     async def _requests(self):
-        r, s = self.request, self.request.sampling
-        inputs = [
-            _tensor("input_ids", np.asarray(r.prompt_ids, np.int64)),
-            _tensor("max_new_tokens", np.array([r.max_new_tokens], np.int32)),
-            _tensor("temperature", np.array([s.temperature], np.float32)),
-            _tensor("top_p", np.array([s.top_p], np.float32)),
-            _tensor("top_k", np.array([s.top_k], np.int32)),
-            _tensor("repetition_penalty", np.array([s.repetition_penalty], np.float32)),
-            _tensor("presence_penalty", np.array([s.presence_penalty], np.float32)),
-            _tensor("prefix_key", np.array([r.prefix_key.encode()], np.object_)),
-        ]
-        if s.seed is not None:
-            inputs.append(_tensor("seed", np.array([s.seed], np.uint64)))
-        yield {"model_name": "llm", "inputs": inputs, "parameters": EMPTY_FINAL}
+        r = self.request
+        arrays = llm_contract.request_inputs(r.prompt_ids, r.max_new_tokens, r.sampling, r.prefix_key)
+        inputs = [_tensor(name, array) for name, array in arrays.items()]
+        yield {"model_name": llm_contract.MODEL_NAME, "inputs": inputs, "parameters": EMPTY_FINAL}
 
     async def __aiter__(self):
         try:
             async for result, error in self._call:
                 if error is not None:
                     raise backend_error("llm", error)
-                ids = result.as_numpy("output_ids")
+                ids = result.as_numpy(llm_contract.OUTPUT_IDS)
                 for token in ([] if ids is None else ids.reshape(-1).tolist()):
                     yield int(token)
-                reason = result.as_numpy("finish_reason")
+                reason = result.as_numpy(llm_contract.FINISH_REASON)
                 if reason is not None:
                     self.finish_reason = reason.reshape(-1)[0].decode()
                 if _final(result):
