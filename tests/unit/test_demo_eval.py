@@ -1,0 +1,76 @@
+"""The demo's evaluation (training.demo_eval) and the committed demo checkpoints (training/checkpoints/demo)."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from training import demo_eval, pipeline
+from training.data import spoken_arithmetic
+
+DEMO = Path(__file__).resolve().parents[2] / "training" / "checkpoints" / "demo"
+
+
+def test_spoken_form_reads_digits_and_signs_as_the_reply_says_them():
+    assert demo_eval.spoken_form("2 + 3 = 5.").split() == "two plus three is five .".split()
+    assert demo_eval.spoken_form("Nine plus 9 is 18").split() == "Nine plus nine is eighteen".split()
+    assert [demo_eval.number_words(n) for n in (0, 19, 20, 42, 99)] == ["zero", "nineteen", "twenty", "forty two", "ninety nine"]
+    with pytest.raises(ValueError):
+        demo_eval.number_words(100)
+
+
+def test_reply_wer_counts_words_after_number_normalisation():
+    assert demo_eval.reply_wer([("two plus three is five.", "2 + 3 = 5.")]) == 0.0
+    # one substitution (six for five) and one deletion (is) in 5 + 5 words
+    assert demo_eval.reply_wer([("two plus three is five.", "2 plus 3 6"),
+                                ("one plus one is two.", "one plus one is two")]) == pytest.approx(2 / 10)
+    assert demo_eval.reply_wer([("one plus one is two.", "")]) == 1.0
+
+
+def test_questions_are_the_plans_training_questions_in_every_held_out_voice():
+    train, unseen = spoken_arithmetic.question_answer_pairs(pipeline.PLANS["demo"].arithmetic)
+    picked = demo_eval.questions("demo", "seen", 40)
+    assert picked == demo_eval.questions("demo", "seen", 40)  # seeded
+    assert len({(q.text, q.voice) for q in picked}) == 40
+    assert all((q.text, q.answer) in train for q in picked)
+    assert {q.voice for q in picked} == set(demo_eval.HELD_OUT_VOICES)
+    assert all((q.text, q.answer) in unseen for q in demo_eval.questions("demo", "unseen", 10))
+
+
+def test_the_demo_plan_trains_on_no_held_out_voice():
+    """The demo plan trains on espeak-ng voices only (corpus and questions); the evaluation asks in flite's."""
+    assert not pipeline.PLANS["demo"].corpus.flite_voices
+
+
+def test_committed_demo_checkpoints_are_what_the_demo_plan_trains():
+    """`make train-demo` would rebuild exactly these (same data, hyperparameters and tokenizer weights): a
+    change to the plan or its data must come with retrained checkpoints."""
+    plan, tokenizer = pipeline.PLANS["demo"], DEMO / "glm-4-voice-tokenizer"
+    assert pipeline.up_to_date("speech_tokenizer", tokenizer, "tiny", plan)
+    assert pipeline.up_to_date("speech_decoder", DEMO / "glm-4-voice-decoder", "tiny", plan, tokenizer)
+    assert pipeline.up_to_date("llm", DEMO / "glm-4-voice-9b", "tiny", plan, tokenizer)
+    assert sum(f.stat().st_size for f in DEMO.rglob("*") if f.is_file()) <= 20 * 2**20
+
+
+def test_committed_demo_checkpoints_answer_a_voice_never_heard_and_stop(one_torch_thread):
+    from training.data.corpus import flite
+
+    system = demo_eval.DemoSystem(DEMO)
+    audio, rate = flite("what is two plus three", "rms")
+    text, codes, reason = system.reply(audio, rate, max_new_tokens=400)
+    assert text.strip() == "two plus three is five."
+    assert reason == "stop" and len(codes) > 20
+    assert len(system.decoder.decode(codes)) > 0.5 * system.decoder.sample_rate
+
+
+def test_decoder_can_learn_the_answers_alone(tmp_path):
+    from glmvoice.models.speech_decoder import DecoderConfig, build_speech_decoder
+    from glmvoice.runtime.tokenizer_stream import load_speech_tokenizer
+    from tests.unit.test_training_pipeline import PLAN
+
+    tokenizer = load_speech_tokenizer(pipeline.train_speech_tokenizer(tmp_path / "tok", "tiny", PLAN))
+    decoder = build_speech_decoder(DecoderConfig.from_name("tiny"), 0)
+    answers_only = dataclasses.replace(PLAN, decoder_sentences=False)
+    answers = {ex.answer for ex in pipeline.speech_data(PLAN).arithmetic_train}
+    assert len(pipeline.decoder_items(decoder, tokenizer, answers_only, held_out=False)) == len(answers)
+    assert len(pipeline.decoder_items(decoder, tokenizer, PLAN, held_out=False)) > len(answers)
