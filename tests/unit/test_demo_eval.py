@@ -38,8 +38,10 @@ def test_questions_are_the_plans_training_questions_in_every_held_out_voice():
 
 
 def test_the_demo_plan_trains_on_no_held_out_voice():
-    """The demo plan trains on espeak-ng voices only (corpus and questions); the evaluation asks in flite's."""
-    assert not pipeline.PLANS["demo"].corpus.flite_voices
+    """The evaluation asks in flite voices that the demo plan's data never uses (questions or sentences)."""
+    plan = pipeline.PLANS["demo"]
+    assert plan.arithmetic.flite_voices and not set(demo_eval.HELD_OUT_VOICES) & {
+        *plan.corpus.flite_voices, *plan.arithmetic.flite_voices}
 
 
 def test_committed_demo_checkpoints_are_what_the_demo_plan_trains():
@@ -74,3 +76,18 @@ def test_decoder_can_learn_the_answers_alone(tmp_path):
     answers = {ex.answer for ex in pipeline.speech_data(PLAN).arithmetic_train}
     assert len(pipeline.decoder_items(decoder, tokenizer, answers_only, held_out=False)) == len(answers)
     assert len(pipeline.decoder_items(decoder, tokenizer, PLAN, held_out=False)) > len(answers)
+
+
+def test_arithmetic_questions_in_flite_voices_too():
+    from training.data.tts import Voice
+
+    recipe = spoken_arithmetic.Recipe(max_operand=1, voices=(Voice("en-us", 150),), flite_voices=("slt",),
+                                      held_out_fraction=0.0)
+    pairs, _ = spoken_arithmetic.question_answer_pairs(recipe)
+    examples = spoken_arithmetic.synthesize(pairs, recipe)
+    assert len(examples) == 2 * len(pairs)
+    flite_made = [ex for ex in examples if ex.voice == "slt"]
+    assert len(flite_made) == len(pairs) and all(ex.sample_rate == 16000 for ex in flite_made)
+    espeak_answer = next(ex for ex in examples if ex.voice != "slt" and ex.answer == flite_made[0].answer)
+    assert (flite_made[0].answer_audio == espeak_answer.answer_audio).all()  # one reply voice
+    assert recipe.hash() != dataclasses.replace(recipe, flite_voices=()).hash()
