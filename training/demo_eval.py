@@ -103,7 +103,7 @@ class DemoSystem:
         """(reply text, reply speech codes, finish reason) for one spoken question, greedy."""
         import torch
 
-        from glmvoice.chat import Conversation
+        from glmvoice.chat_template import Conversation
         from glmvoice.runtime.generate import generate
 
         tok = self.text_tokenizer
