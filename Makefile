@@ -7,12 +7,18 @@ APT_STAMP := build/.apt-installed
 PROTO_SRC := $(wildcard protos/glmvoice/v1/*.proto)
 PROTO_OUT := $(patsubst protos/%.proto,%_pb2.py,$(PROTO_SRC))
 CKPT := build/checkpoints/tiny
+# Committed, small: `make train-demo` rebuilds them (training/checkpoints/demo/README.md says how they were made).
+DEMO_CKPT := training/checkpoints/demo
+# Until all three demo checkpoints are committed, `make demo` asks the tiny ones (trained on first use).
+DEMO_READY := $(and $(wildcard $(DEMO_CKPT)/glm-4-voice-9b/config.json),$(wildcard $(DEMO_CKPT)/glm-4-voice-decoder/flow.pt))
+DEMO_QUESTION ?= what is two plus three
+DEMO_VOICE ?= awb
 PYTEST_ARGS ?=
 
 APT_PACKAGES := redis-server espeak-ng sox pocketsphinx-testdata flite
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: help setup lint protos tiny train-tiny info engines demo up down test test-slow test-gpu mutate test-k8s bench bench-gpu promote rollback chart-tools kube-assets chart images clean
+.PHONY: help setup lint protos tiny train-tiny train-demo info engines demo up down test test-slow test-gpu mutate test-k8s bench bench-gpu promote rollback chart-tools kube-assets chart images clean
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -50,8 +56,16 @@ train-tiny: setup  ## the tiny checkpoints trained longer (~1.5 h on 2 cores), e
 engines: tiny  ## ONNX exports, then TensorRT plans into build/engines (GPU nodes; stops with a message elsewhere)
 	$(PY) -m training.export.tensorrt --checkpoints $(CKPT) --out build/engines
 
-demo: tiny  ## README's first command: a real recording through the tokenizer and the tiny LM
-	$(PY) -m services.demo --checkpoints $(CKPT)
+demo: setup $(if $(DEMO_READY),,tiny)  ## README's first command: a spoken question (a voice training never heard) through the whole stack, answered aloud
+	@mkdir -p build/demo
+	@[ -n "$(DEMO_READY)" ] || echo "demo: $(DEMO_CKPT) lacks the LM or decoder (make train-demo): asking $(CKPT) instead"
+	flite -voice $(DEMO_VOICE) -t "$(DEMO_QUESTION)" -o build/demo/question.wav
+	$(PY) -m services.demo --checkpoints $(if $(DEMO_READY),$(DEMO_CKPT),$(CKPT)) --clip build/demo/question.wav --question "$(DEMO_QUESTION)"
+	$(PY) -m training.demo_eval --hear build/demo
+
+train-demo: setup  ## the committed demo checkpoints again (plan "demo", one thread), then their evaluation in unseen voices
+	$(PY) -m training.tiny --plan demo --out $(DEMO_CKPT) --threads 1
+	$(PY) -m training.demo_eval --checkpoints $(DEMO_CKPT) --out $(DEMO_CKPT)/demo_eval
 
 up: tiny  ## Redis, Triton, orchestrator and gateway in the background; prints their addresses (kept in build/stack/stack.json for `glmvoice chat`)
 	$(PY) -m services.local_stack up --checkpoints $(CKPT)

@@ -1,9 +1,11 @@
 """`python -m services.demo --checkpoints DIR`: a spoken question through the whole system, end to end.
 
 Starts Redis, Triton (the three models in one process) and the orchestrator on free local ports with the
-checkpoints in DIR (the tiny ones are trained first if DIR lacks any), streams a real
-LibriVox recording in real time as 20 ms mu-law 8 kHz telephony frames, writes the reply WAV and the
-transcript to build/demo/, prints the latency breakdown, and stops everything.
+checkpoints in DIR (the tiny ones are trained first if DIR lacks any), streams a recording
+(--clip; by default a LibriVox clip) in real time as 20 ms frames (16 kHz linear PCM, or --telephony: mu-law
+8 kHz), writes the reply WAV and the transcript to build/demo/, prints the latency breakdown, and stops
+everything. `make demo` asks the committed demo checkpoints an arithmetic question in a voice they never heard
+and then has training.demo_eval say what an ASR hears in the reply (services do not import training).
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoints", type=Path, required=True, help="dir with glm-4-voice-{tokenizer,9b,decoder}/")
     parser.add_argument("--out", type=Path, default=Path("build/demo"))
     parser.add_argument("--clip", type=Path, default=CLIP)
+    parser.add_argument("--question", help="what --clip says (default: its LibriVox transcript)")
     parser.add_argument("--max-new-tokens", type=int, default=200)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy, as training.demo_eval measures")
+    parser.add_argument("--telephony", action="store_true", help="send 8 kHz mu-law instead of 16 kHz linear PCM")
     parser.add_argument("--no-realtime", action="store_true", help="send the audio as fast as possible")
     args = parser.parse_args(argv)
     if not args.clip.exists():
@@ -68,10 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         orchestrator = OrchestratorThread.start(replace(settings))
         print(f"demo: Redis, Triton (3 models) and the orchestrator up in {time.monotonic() - started:.1f} s")
-        print(f"demo: streaming {args.clip.name} as 20 ms mu-law 8 kHz frames{'' if args.no_realtime else ' in real time'}")
+        encoding, rate = ("MULAW", 8000) if args.telephony else ("LINEAR16", 16000)
+        print(f"demo: streaming {args.clip.name} as 20 ms {encoding} {rate // 1000} kHz frames"
+              f"{'' if args.no_realtime else ' in real time'}")
         transcript, reply = converse_wav(
-            orchestrator.address, args.clip, encoding="MULAW", rate=8000, out_encoding="LINEAR16", out_rate=22050,
+            orchestrator.address, args.clip, encoding=encoding, rate=rate, out_encoding="LINEAR16", out_rate=22050,
             paced=not args.no_realtime, server_vad=True, max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
         )
     finally:
         for server in (orchestrator, triton, redis):
@@ -80,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     write_wav(args.out / "reply.wav", reply, 22050)
     result = {
         **summary(transcript, len(reply) / 22050),
-        "question_transcript": librivox_transcript(args.clip),
+        "question_transcript": args.question or librivox_transcript(args.clip),
         "question_wav": str(args.clip),
         "reply_wav": str(args.out / "reply.wav"),
         "trained_missing_checkpoints": built,

@@ -28,6 +28,7 @@ from glmvoice.provenance import Provenance, new_provenance, read_provenance, wri
 from training.data import corpus, spoken_arithmetic
 from training.data import style as style_data
 from training.data.corpus import Utterance
+from training.data.tts import Voice
 from training.loop import save_loss_plot
 from training.train_decoder import DecoderTrainConfig
 from training.train_llm import LMTrainConfig
@@ -58,10 +59,19 @@ class Plan:
     # A third of pre-training's rate: fine-tuning at 3e-3 overwrote the facts only text had taught
     # (held-out questions 24 % vs 51 % at 1e-3, one seed).
     lm: LMTrainConfig = LMTrainConfig(steps=500, batch_size=12, lr=1e-3)
+    # The decoder learns English sentences in its voice besides the answers; False: the answers only (a
+    # closed-domain decoder, as the demo's, spends all its steps on the words it will have to say).
+    decoder_sentences: bool = True
 
     def data_hash(self) -> str:
         return hashlib.sha256((self.corpus.hash() + self.arithmetic.hash() + self.style.hash()).encode()).hexdigest()[:16]
 
+
+# The first is the assistant's (and decoder's) voice, as in the default recipe.
+DEMO_QUESTION_VOICES = spoken_arithmetic.Recipe().voices + (
+    Voice("en-us+m3", 140), Voice("en-us+f2", 165, pitch=60), Voice("en-gb-x-rp+m5", 150),
+    Voice("en-us+klatt3", 155), Voice("en-029+f4", 145))
+DEMO_FLITE_VOICES = ("slt", "kal")  # flite's awb and rms stay unheard: training.demo_eval asks with them
 
 PLANS = {
     # `make tiny`: ~8-12 minutes on two CPU cores.
@@ -74,6 +84,22 @@ PLANS = {
         lm_pretrain=LMTrainConfig(steps=3000, batch_size=16),
         lm_pretrain_documents=2000,
         lm=LMTrainConfig(steps=3000, lr=1e-3),
+    ),
+    # `make train-demo`: the committed demo checkpoints (training/checkpoints/demo). Questions in eight espeak-ng
+    # speakers (variants and accents) and two of flite's voices, so that voices never heard in training
+    # (flite's awb and rms, which training.demo_eval asks with) are understood: with espeak-ng alone the
+    # tokenizer's codes for any flite voice were garbage (its CTC head heard "htoo plus toxo is thre" for "what
+    # is two plus three"). Replies in one voice, from a decoder trained on the answers alone, without the
+    # adversarial phase (its cost buys no intelligibility at this size).
+    "demo": Plan(
+        corpus=corpus.Recipe(voices=corpus.Recipe().voices + (Voice("en-us+f2", 165, pitch=60), Voice("en-us+m3", 140)),
+                             flite_voices=DEMO_FLITE_VOICES),
+        arithmetic=spoken_arithmetic.Recipe(voices=DEMO_QUESTION_VOICES, flite_voices=DEMO_FLITE_VOICES),
+        tokenizer=TokenizerTrainConfig(steps=250),
+        decoder=DecoderTrainConfig(flow_steps=300, hift_steps=600, adversarial_start=600),
+        lm_pretrain=LMTrainConfig(steps=300, batch_size=16),
+        lm=LMTrainConfig(steps=400, batch_size=12, lr=1e-3),
+        decoder_sentences=False,
     ),
 }
 
@@ -247,7 +273,7 @@ def decoder_items(decoder, tokenizer, plan: Plan, held_out: bool) -> list:
 
     data = speech_data(plan)
     english = data.english_held if held_out else data.english_train
-    utterances = [u for u in english if u.source == data.decoder_voice]
+    utterances = [u for u in english if u.source == data.decoder_voice and (held_out or plan.decoder_sentences)]
     if not held_out:
         utterances += unique_answers(data.arithmetic_train)
     codes = codes_of(tokenizer, recordings(utterances))

@@ -24,6 +24,7 @@ class Recipe:
     max_operand: int = 9
     voices: tuple[Voice, ...] = (Voice("en-us", 150), Voice("en-us", 175), Voice("en-gb", 160))
     held_out_voices: tuple[Voice, ...] = (Voice("en-us", 160, pitch=70),)
+    flite_voices: tuple[str, ...] = ()  # more training voices, from flite (`flite -lv`); needs Debian's flite
     held_out_fraction: float = 0.15
     seed: int = 0
 
@@ -35,7 +36,7 @@ class Recipe:
 class Example:
     question: str
     answer: str
-    voice: Voice
+    voice: Voice | str  # an espeak-ng voice, or a flite voice's name
     audio: np.ndarray  # question speech, float32
     sample_rate: int
     answer_audio: np.ndarray
@@ -54,11 +55,14 @@ def question_answer_pairs(recipe: Recipe) -> tuple[list[tuple[str, str]], list[t
 
 
 def synthesize(pairs: list[tuple[str, str]], recipe: Recipe, voices: tuple[Voice, ...] | None = None) -> list[Example]:
-    """Each question in each voice (default: the training voices), each answer in the assistant's voice."""
+    """Each question in each voice (default: the training voices, flite's included), each answer in the
+    assistant's voice."""
+    from training.data.corpus import flite
+
     examples = []
     for question, answer in pairs:
-        for voice in recipe.voices if voices is None else voices:
-            audio, rate = espeak(question, voice)
+        for voice in recipe.voices + recipe.flite_voices if voices is None else voices:
+            audio, rate = flite(question, voice) if isinstance(voice, str) else espeak(question, voice)
             # The assistant always answers in one voice: the decoder has one (zero x-vector) speaker.
             answer_audio, answer_rate = espeak(answer, recipe.voices[0])
             examples.append(Example(question, answer, voice, audio, rate, answer_audio, answer_rate))
