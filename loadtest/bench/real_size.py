@@ -5,6 +5,8 @@
 - Speech decoder: cost of stream block 1 vs block 20 (bounded context) and the real-time factor.
 - Speech tokenizer: real-time factor on 30 s of audio.
 Runs anywhere (`--device cpu --preset tiny` is the smoke test); numbers mean something on a GPU node.
+
+    python -m loadtest.bench.real_size --device cuda --preset glm-4-voice
 """
 
 from __future__ import annotations
@@ -14,20 +16,17 @@ import statistics
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from glmvoice.models.llm import GLMConfig, Transformer  # noqa: E402
-from glmvoice.models.speech_decoder import DecoderConfig, SpeechDecoder, build_speech_decoder  # noqa: E402
-from glmvoice.models.speech_tokenizer import SpeechTokenizerConfig, SpeechTokenizerModel  # noqa: E402
-from glmvoice.runtime.decoder_stream import DecoderStreams  # noqa: E402
-from glmvoice.runtime.llm_engine import EngineConfig, GenerationRequest, LLMEngine  # noqa: E402
-from glmvoice.runtime.tokenizer_stream import SpeechTokenizer  # noqa: E402
-from glmvoice.sampling import SamplingParams  # noqa: E402
+from glmvoice.models.llm import GLMConfig, Transformer
+from glmvoice.models.speech_decoder import DecoderConfig, SpeechDecoder, build_speech_decoder
+from glmvoice.models.speech_tokenizer import SpeechTokenizerConfig, SpeechTokenizerModel
+from glmvoice.runtime.decoder_stream import DecoderStreams
+from glmvoice.runtime.llm_engine import EngineConfig, GenerationRequest, LLMEngine
+from glmvoice.sampling import SamplingParams
+from glmvoice.runtime.tokenizer_stream import SpeechTokenizer
 
 
 def sync(device: torch.device) -> None:
