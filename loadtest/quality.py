@@ -23,7 +23,7 @@ FORMAT = "pcm16k"  # LINEAR16: the reply's samples compare exactly, without comp
 def _plans(target: str, corpus, count: int, max_new_tokens: int, level: float) -> list[SessionPlan]:
     sampling = {"temperature": 0.0, "seed": 7, "max_new_tokens": max_new_tokens}
     return [SessionPlan(index=i, target=target, level=level, fmt=FORMAT, turns=[TurnPlan(corpus[i % len(corpus)])],
-                        think_s=0.0, sampling=sampling, keep_audio=True) for i in range(count)]
+                        think_s=0.0, sampling=sampling, keep_audio=True, turn_timeout_s=900.0) for i in range(count)]
 
 
 def same_reply(alone, together) -> tuple[bool, float]:

@@ -34,9 +34,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def random_llm(preset: str, device: torch.device, dtype: torch.dtype) -> Transformer:
+def random_llm(preset: str, device: torch.device, dtype: torch.dtype, **overrides) -> Transformer:
     with torch.device("meta"):
-        model = Transformer(GLMConfig.from_name(preset))
+        model = Transformer(GLMConfig.from_name(preset, **overrides))
     model = model.to_empty(device=device).to(dtype)
     with torch.no_grad():
         for name, p in model.named_parameters():
