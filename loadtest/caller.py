@@ -92,7 +92,7 @@ class Caller:
             await asyncio.wait_for(reader, self.plan.turn_timeout_s)
         except CallFailed as exc:
             self._fail(exc.status, exc.message)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._fail("DEADLINE_EXCEEDED", "no reply within the turn timeout (client side)")
         finally:
             if reader is not None:
@@ -116,7 +116,7 @@ class Caller:
         if any(e.is_set() for e in events):
             return
         if not done:
-            raise asyncio.TimeoutError
+            raise TimeoutError
         reader.result()  # raises CallFailed if the stream failed
         raise CallFailed("UNKNOWN", "the server ended the stream before replying")
 

@@ -89,7 +89,8 @@ async def _load(args, targets, workload, corpus) -> dict:
 def run(args: argparse.Namespace) -> int:
     from loadtest.records import summarize, write_jsonl
     from loadtest.report import write_report
-    from loadtest.speech import FORMATS, corpus as speech_corpus
+    from loadtest.speech import FORMATS
+    from loadtest.speech import corpus as speech_corpus
     from loadtest.stack import LocalStack
     from loadtest.targets import Target
     from loadtest.workloads import Workload

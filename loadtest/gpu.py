@@ -43,9 +43,10 @@ from glmvoice.runtime.tokenizer_stream import SpeechTokenizer
 from glmvoice.sampling import SamplingParams
 from loadtest.bench.real_size import random_llm, sync
 from services.local_stack import RedisServer, free_port
-from services.orchestrator.backends.inprocess import LLM_CONFIG, InProcessBackend
+from services.orchestrator.backends.inprocess import InProcessBackend
 from services.orchestrator.server import Orchestrator
 from services.orchestrator.settings import CHECKPOINT_DIRS, Settings
+from services.triton.repository import templates_dir
 from training.bpe_tokenizer import build_tiny_tokenizer
 
 
@@ -130,7 +131,7 @@ class RandomRealSizeBackend(InProcessBackend):
         self.input_rate = speech_tokenizer.config.sampling_rate
         self.text_tokenizer = TextTokenizer.from_directory(self.dirs[1])
         model = build_llm(self.preset, device, self.text_tokenizer)
-        config = engine_config(pbtxt_parameters(LLM_CONFIG))
+        config = engine_config(pbtxt_parameters(templates_dir() / "llm" / "config.pbtxt"))
         config = dataclasses.replace(config, max_slots=self.max_slots, max_seq_len=min(config.max_seq_len, model.config.block_size))
         self.max_seq_len = config.max_seq_len
         self.engine = LLMEngine(model, config).start()

@@ -16,7 +16,13 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from services.local_stack import (
-    RedisServer, build_model_repository, ensure_checkpoints, free_port, orchestrator_env, start_triton, wait_for_health,
+    RedisServer,
+    build_model_repository,
+    ensure_checkpoints,
+    free_port,
+    orchestrator_env,
+    start_triton,
+    wait_for_health,
 )
 
 BACKENDS = ("triton", "inprocess", "baseline")
@@ -34,7 +40,7 @@ class LocalStack:
         self.addrs: dict[str, str] = {}  # target name -> address
         self.exits = ExitStack()
 
-    def __enter__(self) -> "LocalStack":
+    def __enter__(self) -> LocalStack:
         try:
             self._start()
         except BaseException:

@@ -20,7 +20,7 @@ class Target:
     api_key: str | None = None
 
     @classmethod
-    def parse(cls, spec: str, api_key: str | None = None) -> "Target":
+    def parse(cls, spec: str, api_key: str | None = None) -> Target:
         name, sep, addr = spec.partition("=")
         if not sep or not name or not addr:
             raise ValueError(f"a target is NAME=ADDR (e.g. ours=127.0.0.1:50051), got {spec!r}")

@@ -9,8 +9,8 @@ import asyncio
 import itertools
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 from tqdm import tqdm
 

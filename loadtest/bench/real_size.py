@@ -25,8 +25,8 @@ from glmvoice.models.speech_decoder import DecoderConfig, SpeechDecoder, build_s
 from glmvoice.models.speech_tokenizer import SpeechTokenizerConfig, SpeechTokenizerModel
 from glmvoice.runtime.decoder_stream import DecoderStreams
 from glmvoice.runtime.llm_engine import EngineConfig, GenerationRequest, LLMEngine
-from glmvoice.sampling import SamplingParams
 from glmvoice.runtime.tokenizer_stream import SpeechTokenizer
+from glmvoice.sampling import SamplingParams
 
 
 def sync(device: torch.device) -> None:

@@ -20,7 +20,6 @@ from glmvoice.runtime.tokenizer_stream import SpeechTokenizer
 from loadtest.speech import librivox
 
 
-
 def bench(preset: str, audio: np.ndarray, chunk: int) -> dict:
     torch.manual_seed(0)
     model = SpeechTokenizerModel(SpeechTokenizerConfig.from_name(preset))

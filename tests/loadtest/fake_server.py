@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import grpc
 
-from glmvoice.v1 import common_pb2, voice_chat_pb2 as pb
+from glmvoice.v1 import common_pb2
+from glmvoice.v1 import voice_chat_pb2 as pb
 from glmvoice.v1.voice_chat_pb2_grpc import VoiceChatServicer, add_VoiceChatServicer_to_server
 
 BYTES_PER_SAMPLE = {"LINEAR16": 2, "MULAW": 1, "ALAW": 1}

@@ -19,13 +19,14 @@ import numpy as np
 
 from glmvoice.runtime.tokenizer_service import TokenizeItem
 from services.orchestrator.backends import LMRequest
-from services.orchestrator.backends.inprocess import LLM_CONFIG, InProcessBackend, InProcessLMStream, _raise_item_error
+from services.orchestrator.backends.inprocess import InProcessBackend, InProcessLMStream, _raise_item_error
+from services.triton.repository import templates_dir
 
 
 class WholeUtteranceTokenizerSession:
     """Buffers the turn's audio; tokenizes it in one whole-clip request when the turn ends."""
 
-    def __init__(self, backend: "BaselineBackend"):
+    def __init__(self, backend: BaselineBackend):
         self.backend = backend
         self.stream_id = uuid.uuid4().hex
         self.chunks: list[np.ndarray] = []
@@ -69,7 +70,7 @@ class BaselineBackend(InProcessBackend):
         super()._load()
         self.engine.stop()  # replaced by a batch-1 engine without prefix reuse
         model = self.engine.model
-        config = engine_config(pbtxt_parameters(LLM_CONFIG))
+        config = engine_config(pbtxt_parameters(templates_dir() / "llm" / "config.pbtxt"))
         config = dataclasses.replace(config, max_slots=1, max_seq_len=self.max_seq_len, prefix_cache_tokens=0,
                                      prefill_chunk=self.max_seq_len)
         self.engine = LLMEngine(model, config).start()
