@@ -23,7 +23,10 @@ class WsTransport:
         self.socket = None
 
     async def open(self, encoding: str, rate: int, sampling: dict) -> None:
-        self.socket = await websockets.connect(self.url, max_size=None)
+        try:
+            self.socket = await websockets.connect(self.url, max_size=None)
+        except (OSError, websockets.InvalidHandshake) as exc:
+            raise CallFailed("UNAVAILABLE", f"{self.url}: {exc}") from None
         session = {"input_audio_format": WS_FORMATS[encoding], "output_audio_format": WS_FORMATS[encoding],
                    "input_sample_rate": rate, "output_sample_rate": rate, "turn_detection": None}
         names = {"temperature": "temperature", "top_p": "top_p", "seed": "seed", "max_new_tokens": "max_output_tokens"}

@@ -1,5 +1,6 @@
 """The load generator against the real stack (Redis, Triton with the three tiny models, the orchestrator on
-the Triton backend, and the baseline orchestrator): a short bounded run writes a valid report."""
+the Triton backend, the baseline orchestrator, and the gateway's WebSocket in front of ours): a short bounded
+run writes a valid report."""
 
 from __future__ import annotations
 
@@ -23,12 +24,12 @@ def checkpoints(tmp_path_factory, tiny_speech_tokenizer_dir, tiny_llm_dir, tiny_
 
 def test_a_bounded_run_against_the_stack_writes_a_valid_report(checkpoints, tmp_path, capsys):
     out = tmp_path / "report"
-    code = main(["--local", "--checkpoints", str(checkpoints), "--backends", "triton,baseline", "--concurrency", "2",
+    code = main(["--local", "--ws", "--checkpoints", str(checkpoints), "--backends", "triton,baseline", "--concurrency", "2",
                  "--sessions", "2", "--turns", "2", "--think-s", "0.2", "--max-new-tokens", "24", "--speech", "questions",
                  "--barge-in", "0", "--duration-s", "60", "--no-progress", "--out", str(out)])
     assert code == 0
     records = [json.loads(line) for line in (out / "turns.jsonl").read_text().splitlines()]
-    for target in ("ours", "baseline"):
+    for target in ("ours", "baseline", "ours-ws"):
         mine = [r for r in records if r["target"] == target]
         assert len(mine) == 4 and all(r["status"] == "OK" and r["admitted"] for r in mine)
         assert {r["fmt"] for r in mine} == {"mulaw8k", "alaw8k"}  # sessions take the formats in turn
@@ -37,7 +38,7 @@ def test_a_bounded_run_against_the_stack_writes_a_valid_report(checkpoints, tmp_
         assert all(r["server"]["first_audio_ms"] <= r["ttfa_ms"] + 20 for r in mine)
         assert all(r["server"]["prefill_ms"] > 0 for r in mine)
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["summary"]) == {"ours", "baseline"}
+    assert set(summary["summary"]) == {"ours", "baseline", "ours-ws"}
     assert summary["summary"]["ours"]["all"]["answered"] == 4
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4 and "baseline" in html  # self-contained, both targets
