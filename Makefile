@@ -114,6 +114,7 @@ images:  ## the one glmvoice image, CPU and CUDA variants (needs a container eng
 	docker build -f charts/image/Dockerfile --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t $(IMAGE):$(VERSION)-cuda .
 
 bench-gpu: setup  ## real-size presets, random weights, bf16 on CUDA: roofline, TTFA at 1/8/32 calls, capacity (a GPU node)
+	$(PY) -m loadtest.bench.real_size --device cuda --preset glm-4-voice
 	$(PY) -m loadtest.gpu --out build/loadtest/gpu
 
 MODEL ?= llm

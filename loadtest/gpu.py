@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="glm-4-voice")
     parser.add_argument("--new-tokens", type=int, default=256, help="tokens of the batch-1 decode measurement")
     parser.add_argument("--levels", default="1,8,32", type=lambda s: [int(x) for x in s.split(",")])
-    parser.add_argument("--capacity-levels", default="16,32,48,64,96,128", type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--capacity-levels", default="1,8,16,32,48,64,96,128", type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--sessions", type=int, default=8, help="sessions per level (at least the level)")
     parser.add_argument("--max-new-tokens", type=int, default=120)
     parser.add_argument("--slo-ms", type=float, default=250.0)
