@@ -147,7 +147,8 @@ def serve(args, workdir: Path, redis_addr: str):
     llm_dir = workdir / "checkpoints" / CHECKPOINT_DIRS["llm"]
     text_tokenizer_for(args.preset, llm_dir)
     settings = Settings(backend="inprocess", redis_addr=redis_addr, checkpoints=workdir / "checkpoints",
-                        grpc_port=free_port(), metrics_port=0, max_streams=args.max_streams, bind_address="127.0.0.1")
+                        grpc_port=free_port(), metrics_port=0, max_streams=args.max_streams, bind_address="127.0.0.1",
+                        quota_streams=args.max_streams, quota_sessions_per_minute=10**6, quota_audio_s_per_minute=1e9)
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, name="orchestrator", daemon=True).start()
 

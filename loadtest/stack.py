@@ -3,7 +3,8 @@
 
 Built from services.local_stack's pieces (the same ones `make up` uses); everything runs on free ports of
 127.0.0.1 and stops when the context ends. Orchestrators run with one torch thread, as each Triton model
-instance does (cpu_threads 1 in model_repo/*/config.pbtxt), so the backends compare on equal terms.
+instance does (cpu_threads 1 in model_repo/*/config.pbtxt), so the backends compare on equal terms. Per-key
+quotas are lifted (the generator's callers share one key); against a deployment, pass a key sized for the test.
 """
 
 from __future__ import annotations
@@ -82,7 +83,10 @@ class LocalStack:
         for backend in self.backends:
             port = free_port()
             env = orchestrator_env(redis.addr, triton_url, self.checkpoints, port, 0)
-            env.update(BACKEND=backend, MAX_STREAMS=str(self.max_streams), OMP_NUM_THREADS="1", LOG_LEVEL="WARNING")
+            env.update(BACKEND=backend, MAX_STREAMS=str(self.max_streams), OMP_NUM_THREADS="1", LOG_LEVEL="WARNING",
+                       # One load generator is many callers under one (anonymous) key: per-key quotas lifted.
+                       QUOTA_STREAMS=str(self.max_streams), QUOTA_SESSIONS_PER_MINUTE="1000000",
+                       QUOTA_AUDIO_S_PER_MINUTE="1000000000")
             self._spawn(f"orchestrator-{backend}", [sys.executable, "-m", "services.orchestrator"], env)
             started.append((backend, f"127.0.0.1:{port}"))
         for backend, addr in started:
