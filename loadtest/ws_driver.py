@@ -1,7 +1,8 @@
-"""The WebSocket door: the gateway's /v1/realtime as it is today (JSON events; see services/gateway/realtime.py).
+"""The WebSocket door: the gateway's /v1/realtime (the OpenAI Realtime protocol, glmvoice extensions under
+"glmvoice"), with the caller committing each turn itself (turn_detection null, then response.create).
 
-Kept to this one module on purpose: the endpoint's protocol is being changed, and only this adapter (event
-names and fields) follows it; everything the caller measures stays in caller.py.
+Kept to this one module on purpose: only this adapter knows the endpoint's event names and fields;
+everything the caller measures stays in caller.py. Formats come from glmvoice.realtime_client.
 """
 
 from __future__ import annotations
@@ -11,26 +12,32 @@ import json
 
 import websockets
 
+from glmvoice.realtime_client import audio_format
 from loadtest.caller import CallFailed
 
-WS_FORMATS = {"LINEAR16": "pcm16", "MULAW": "g711_ulaw", "ALAW": "g711_alaw"}
 STATUS = {"completed": "completed", "incomplete": "length", "cancelled": "cancelled"}
+TEXT_DELTAS = ("response.output_audio_transcript.delta", "response.output_text.delta")
 
 
 class WsTransport:
     def __init__(self, url: str, api_key: str | None = None):
-        self.url = url + (f"?api_key={api_key}" if api_key else "")
+        self.url = url
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
         self.socket = None
+        self.session_id = ""
 
     async def open(self, encoding: str, rate: int, sampling: dict) -> None:
         try:
-            self.socket = await websockets.connect(self.url, max_size=None)
+            self.socket = await websockets.connect(self.url, additional_headers=self.headers, max_size=None)
         except (OSError, websockets.InvalidHandshake) as exc:
             raise CallFailed("UNAVAILABLE", f"{self.url}: {exc}") from None
-        session = {"input_audio_format": WS_FORMATS[encoding], "output_audio_format": WS_FORMATS[encoding],
-                   "input_sample_rate": rate, "output_sample_rate": rate, "turn_detection": None}
-        names = {"temperature": "temperature", "top_p": "top_p", "seed": "seed", "max_new_tokens": "max_output_tokens"}
-        session.update({names[k]: v for k, v in sampling.items() if k in names and v is not None})
+        while (await self._receive())["type"] != "session.created":
+            pass
+        extension = {k: v for k, v in sampling.items() if k != "max_new_tokens" and v is not None}
+        session = {"type": "realtime", "max_output_tokens": sampling.get("max_new_tokens") or "inf",
+                   "audio": {"input": {"format": audio_format(encoding, rate), "turn_detection": None},
+                             "output": {"format": audio_format(encoding, rate)}},
+                   "glmvoice": extension}
         await self._send({"type": "session.update", "session": session})
 
     async def _send(self, event: dict) -> None:
@@ -39,11 +46,22 @@ class WsTransport:
         except websockets.ConnectionClosed as exc:
             raise CallFailed("CLOSED", str(exc)) from None
 
+    async def _receive(self) -> dict:
+        try:
+            event = json.loads(await self.socket.recv())
+        except websockets.ConnectionClosed as exc:
+            raise CallFailed("CLOSED", str(exc)) from None
+        if event.get("type") == "error":
+            error = event["error"]
+            raise CallFailed(error.get("code") or error.get("type", "error"), error.get("message", ""))
+        return event
+
     async def audio(self, frame: bytes) -> None:
         await self._send({"type": "input_audio_buffer.append", "audio": base64.b64encode(frame).decode()})
 
     async def end_of_turn(self) -> None:
         await self._send({"type": "input_audio_buffer.commit"})
+        await self._send({"type": "response.create"})
 
     async def done_writing(self) -> None:
         """A WebSocket has no half-close: the caller has already waited for its last reply."""
@@ -51,26 +69,23 @@ class WsTransport:
 
     async def read(self):
         try:
-            event = json.loads(await self.socket.recv())
-        except websockets.ConnectionClosedOK:
-            return None
-        except websockets.ConnectionClosed as exc:
-            raise CallFailed("CLOSED", str(exc)) from None
-        kind = event.get("type")
-        if kind == "session.created":
-            return "started", event["session"]["id"]
-        if kind == "response.audio.delta":
+            event = await self._receive()
+        except CallFailed:
+            if self.socket.close_code == 1000:  # we closed it after the last reply
+                return None
+            raise
+        kind = event["type"]
+        if kind == "session.updated":
+            return "started", event["session"].get("glmvoice", {}).get("session_id", "")
+        if kind == "response.output_audio.delta":
             return "audio", base64.b64decode(event["delta"])
-        if kind == "response.text.delta":
+        if kind in TEXT_DELTAS:
             return "text", event["delta"]
         if kind == "response.done":
             response = event["response"]
-            server = {k: round(v, 2) for k, v in response.get("latency", {}).items()}
-            return "ended", {"reason": STATUS.get(response["status"], response["status"]), "text": response.get("text", ""),
-                             "server": server}
-        if kind == "error":
-            error = event["error"]
-            raise CallFailed(error.get("code") or error.get("type", "error"), error.get("message", ""))
+            latency = response.get("glmvoice", {}).get("latency", {})
+            return "ended", {"reason": STATUS.get(response.get("status"), response.get("status", "")),
+                             "text": "", "server": {k: round(v, 2) for k, v in latency.items()}}
         return kind, None
 
     async def close(self) -> None:
