@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("bench_real_size: no CUDA device here; run it on a GPU node (make bench-gpu)")
+        print("loadtest.bench.real_size: no CUDA device here; run it on a GPU node (make bench-gpu)")
         return 0
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     with torch.inference_mode():

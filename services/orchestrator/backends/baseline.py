@@ -69,7 +69,7 @@ class BaselineBackend(InProcessBackend):
 
         super()._load()
         self.engine.stop()  # replaced by a batch-1 engine without prefix reuse
-        model = self.engine.model
+        model = self.engine.runner.model
         config = engine_config(pbtxt_parameters(templates_dir() / "llm" / "config.pbtxt"))
         config = dataclasses.replace(config, max_slots=1, max_seq_len=self.max_seq_len, prefix_cache_tokens=0,
                                      prefill_chunk=self.max_seq_len)
