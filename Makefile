@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 APT_PACKAGES := redis-server espeak-ng sox pocketsphinx-testdata flite
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: help setup lint protos tiny train-tiny train-demo info engines demo up down test test-slow test-gpu mutate test-k8s bench bench-gpu promote rollback chart-tools kube-assets chart images clean
+.PHONY: help setup lint protos tiny train-tiny train-demo info engines demo up down test test-slow test-gpu mutate test-k8s bench bench-gpu loadtest capacity promote rollback chart-tools kube-assets chart images clean
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -93,8 +93,17 @@ MUTATE_BUDGET_S ?= 900
 mutate: setup  ## mutation testing (mutmut) of the critical modules: score and survivors per target; MUTATE=a,b picks targets (not in CI)
 	$(PY) -m tests.mutation.run $(MUTATE) --budget-s $(MUTATE_BUDGET_S)
 
-bench: setup  ## benchmarks print their figures (ratios measured in one run)
-	@set -e; for b in tests/bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+LOADTEST_ARGS ?=
+bench: tiny  ## the ratios the project is held to (one run each), then the per-network benchmarks (loadtest/bench)
+	$(PY) -m loadtest.bench.ratios --checkpoints $(CKPT)
+	@set -e; for b in decoder_stream speech_tokenizer llm_engine triton_cost; do \
+	  echo "== loadtest.bench.$$b"; $(PY) -m loadtest.bench.$$b; done
+
+loadtest: tiny  ## a local stack (tiny checkpoints) under 8 sessions x 3 turns, ours vs baseline; report in build/loadtest
+	$(PY) -m loadtest --local --checkpoints $(CKPT) --out build/loadtest $(LOADTEST_ARGS)
+
+capacity: tiny  ## the most concurrent real-time calls (p95 TTFA SLO, underrun) and replies under load vs alone
+	$(PY) -m loadtest --local --checkpoints $(CKPT) --skip-workload --find-capacity --quality --out build/loadtest/capacity $(LOADTEST_ARGS)
 
 test-k8s: setup chart-tools kube-assets  ## chart and API-server tests only
 	$(PY) -m pytest tests/k8s $(PYTEST_ARGS)
@@ -118,8 +127,9 @@ images:  ## the one glmvoice image, CPU and CUDA variants (needs a container eng
 	docker build -f charts/image/Dockerfile -t $(IMAGE):$(VERSION) .
 	docker build -f charts/image/Dockerfile --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t $(IMAGE):$(VERSION)-cuda .
 
-bench-gpu: setup  ## real-size presets with random weights on CUDA (a GPU node)
-	$(PY) tests/bench/bench_real_size.py --device cuda --preset glm-4-voice
+bench-gpu: setup  ## real-size presets, random weights, bf16 on CUDA: roofline, TTFA at 1/8/32 calls, capacity (a GPU node)
+	$(PY) -m loadtest.bench.real_size --device cuda --preset glm-4-voice
+	$(PY) -m loadtest.gpu --out build/loadtest/gpu
 
 MODEL ?= llm
 promote: setup  ## make promote MODEL=llm CANDIDATE=<id> (env: REDIS_ADDR, GLMVOICE_MODEL_REPOSITORY, GLMVOICE_STORE, TRITON_ADDRS)

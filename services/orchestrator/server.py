@@ -262,6 +262,10 @@ class VoiceChat:
 
 
 def build_backend(settings: Settings):
+    if settings.backend == "baseline":
+        from services.orchestrator.backends.baseline import BaselineBackend
+
+        return BaselineBackend(settings.checkpoint("tokenizer"), settings.checkpoint("llm"), settings.checkpoint("decoder"))
     if settings.backend == "inprocess":
         from services.orchestrator.backends.inprocess import InProcessBackend
 

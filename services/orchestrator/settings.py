@@ -10,7 +10,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-BACKENDS = ("triton", "inprocess")
+BACKENDS = ("triton", "inprocess", "baseline")  # baseline: the official-style runtime (backends/baseline.py)
 CHECKPOINT_DIRS = {"tokenizer": "glm-4-voice-tokenizer", "llm": "glm-4-voice-9b", "decoder": "glm-4-voice-decoder"}
 
 

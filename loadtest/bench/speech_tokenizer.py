@@ -3,27 +3,21 @@
 Random weights (the speed does not depend on them) for the `tiny` preset and, unless --tiny-only, the
 real-size `glm-4-voice` preset. Audio: the LibriVox clips, concatenated. Prints one JSON object per preset.
 
-    python tests/bench/bench_speech_tokenizer.py [--tiny-only] [--seconds 12]
+    python -m loadtest.bench.speech_tokenizer [--tiny-only] [--seconds 12]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from glmvoice.audio import read_wav  # noqa: E402
-from glmvoice.models.speech_tokenizer import SpeechTokenizerConfig, SpeechTokenizerModel  # noqa: E402
-from glmvoice.runtime.tokenizer_stream import SpeechTokenizer  # noqa: E402
-
-LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+from glmvoice.models.speech_tokenizer import SpeechTokenizerConfig, SpeechTokenizerModel
+from glmvoice.runtime.tokenizer_stream import SpeechTokenizer
+from loadtest.speech import librivox
 
 
 def bench(preset: str, audio: np.ndarray, chunk: int) -> dict:
@@ -74,7 +68,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--chunk-ms", type=int, default=20, help="size of the audio chunks a client sends")
     args = parser.parse_args()
-    clips = [read_wav(p)[0] for p in sorted(LIBRIVOX.glob("*.wav"))]
+    clips = [clip.audio for clip in librivox()]
     audio = np.concatenate(clips * 4)[: int(args.seconds * 16000)]
     for preset in ["tiny"] + ([] if args.tiny_only else ["glm-4-voice"]):
         print(json.dumps(bench(preset, audio, args.chunk_ms * 16)), flush=True)

@@ -1,11 +1,6 @@
 """The real-size benchmark's code paths, run at tiny size on the CPU (its figures matter on a GPU node)."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-from bench_real_size import main  # noqa: E402
+from loadtest.bench.real_size import main
 
 
 def test_the_real_size_benchmark_runs_end_to_end_at_tiny_size(capsys):

@@ -5,6 +5,8 @@
 - Speech decoder: cost of stream block 1 vs block 20 (bounded context) and the real-time factor.
 - Speech tokenizer: real-time factor on 30 s of audio.
 Runs anywhere (`--device cpu --preset tiny` is the smoke test); numbers mean something on a GPU node.
+
+    python -m loadtest.bench.real_size --device cuda --preset glm-4-voice
 """
 
 from __future__ import annotations
@@ -14,20 +16,17 @@ import statistics
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from glmvoice.models.llm import GLMConfig, Transformer  # noqa: E402
-from glmvoice.models.speech_decoder import DecoderConfig, SpeechDecoder, build_speech_decoder  # noqa: E402
-from glmvoice.models.speech_tokenizer import SpeechTokenizerConfig, SpeechTokenizerModel  # noqa: E402
-from glmvoice.runtime.decoder_stream import DecoderStreams  # noqa: E402
-from glmvoice.runtime.llm_engine import EngineConfig, GenerationRequest, LLMEngine  # noqa: E402
-from glmvoice.runtime.tokenizer_stream import SpeechTokenizer  # noqa: E402
-from glmvoice.sampling import SamplingParams  # noqa: E402
+from glmvoice.models.llm import GLMConfig, Transformer
+from glmvoice.models.speech_decoder import DecoderConfig, SpeechDecoder, build_speech_decoder
+from glmvoice.models.speech_tokenizer import SpeechTokenizerConfig, SpeechTokenizerModel
+from glmvoice.runtime.decoder_stream import DecoderStreams
+from glmvoice.runtime.llm_engine import EngineConfig, GenerationRequest, LLMEngine
+from glmvoice.runtime.tokenizer_stream import SpeechTokenizer
+from glmvoice.sampling import SamplingParams
 
 
 def sync(device: torch.device) -> None:
@@ -35,9 +34,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def random_llm(preset: str, device: torch.device, dtype: torch.dtype) -> Transformer:
+def random_llm(preset: str, device: torch.device, dtype: torch.dtype, **overrides) -> Transformer:
     with torch.device("meta"):
-        model = Transformer(GLMConfig.from_name(preset))
+        model = Transformer(GLMConfig.from_name(preset, **overrides))
     model = model.to_empty(device=device).to(dtype)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -122,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("bench_real_size: no CUDA device here; run it on a GPU node (make bench-gpu)")
+        print("loadtest.bench.real_size: no CUDA device here; run it on a GPU node (make bench-gpu)")
         return 0
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     with torch.inference_mode():

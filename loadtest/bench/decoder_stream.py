@@ -5,7 +5,7 @@ Wall time is measured on the model that runs (tiny by default). The sizes each b
 estimator and vocoder do not depend on the model, so the same calls are also costed in FLOPs on the real
 glm-4-voice networks, built on the meta device (the CPU here cannot run 20 real blocks in a benchmark).
 
-    .venv/bin/python tests/bench/bench_decoder_stream.py [--preset tiny | --checkpoint DIR] [--blocks 20]
+    python -m loadtest.bench.decoder_stream [--preset tiny | --checkpoint DIR] [--blocks 20]
 
 Random weights for presets (fixed seed); timings are medians over `--repeats` runs of the same stream.
 """
