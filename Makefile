@@ -34,7 +34,7 @@ $(APT_STAMP): Makefile
 $(VENV_STAMP): pyproject.toml
 	[ -x $(PY) ] || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,triton]"
 	touch $@
 
 protos: $(PROTO_OUT)  ## generate gRPC code from protos/ into glmvoice/v1 (a build output, ignored)

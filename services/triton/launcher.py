@@ -58,7 +58,10 @@ class TritonSettings:
 
 
 def _wheel_root() -> Path:
-    import pytriton  # the wheel that carries the server binary
+    try:
+        import pytriton  # the wheel that carries the server binary
+    except ImportError as exc:
+        raise TritonStartError("the Triton server is not installed: pip install 'glmvoice[triton]'") from exc
 
     root = Path(pytriton.__file__).parent / "tritonserver"
     if not (root / "bin" / "tritonserver").exists():
