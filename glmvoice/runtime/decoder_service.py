@@ -23,6 +23,7 @@ class DecodeItem:
     end: bool
     seed: int = 0
     output_rate: int | None = None  # None: the decoder's own rate
+    cancel: bool = False  # drop the stream now, decoding nothing more (barge-in)
 
 
 class DecoderService(ExpiringStreams):
@@ -40,6 +41,9 @@ class DecoderService(ExpiringStreams):
         results: list[list[np.ndarray] | Exception] = [[] for _ in items]
         live: dict[str, int] = {}  # stream id -> item index
         for index, item in enumerate(items):
+            if item.cancel:
+                self.close(item.stream_id)
+                continue
             try:
                 self._accept(item)
                 live[item.stream_id] = index
