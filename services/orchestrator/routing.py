@@ -214,6 +214,7 @@ class EndpointSliceWatch:
         self.replicas, self.namespace, self.service, self.port_name = replicas, namespace, service, port_name
         self.kube_config, self.retry_s = kube_config or _in_cluster_client, retry_s
         self.stopping = threading.Event()
+        self.synced = threading.Event()  # set once the first list has filled the replica set
         self.version: str | None = None  # the discovery.k8s.io version the API server serves
         self._watch: Any = None
         self.thread = threading.Thread(target=self._run, name=f"endpointslices-{service}", daemon=True)
@@ -240,6 +241,7 @@ class EndpointSliceWatch:
                 listed = api.list_namespaced_custom_object(**args)
                 slices = {s["metadata"]["name"]: s for s in listed["items"]}
                 self.replicas.set(ready_addresses(slices.values(), self.port_name))
+                self.synced.set()
                 self._watch = watch.Watch()
                 for event in self._watch.stream(api.list_namespaced_custom_object, **args,
                                                 resource_version=listed["metadata"]["resourceVersion"],

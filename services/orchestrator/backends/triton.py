@@ -74,10 +74,8 @@ class TritonTokenizerSession:
         self.client: grpcaio.InferenceServerClient | None = None
         self.started = self.ended = False
 
-    async def push(self, audio: np.ndarray, end: bool = False, cancel: bool = False) -> list[int]:
+    async def push(self, audio: np.ndarray, end: bool = False) -> list[int]:
         inputs = [_tensor("AUDIO", np.asarray(audio, np.float32).reshape(1, -1))]
-        if cancel:
-            inputs.append(_tensor("CANCEL", np.array([[True]])))
         if self.client is not None:
             return await self._send(inputs, end)
         # The first block may go to the next replica if one is down; later blocks need that replica's state.
@@ -109,8 +107,9 @@ class TritonTokenizerSession:
     async def abort(self) -> None:
         """Frees the stream's state on its replica now instead of at its idle timeout."""
         if self.started and not self.ended:
-            try:
-                await self.push(np.zeros(0, np.float32), end=True, cancel=True)
+            try:  # START: the sequence may be gone from Triton's batcher if an in-flight block was cancelled
+                inputs = [_tensor("AUDIO", np.zeros((1, 0), np.float32)), _tensor("CANCEL", np.array([[True]]))]
+                await self._send(inputs, end=True, start=True)
             except OrchestratorError:
                 pass
 
@@ -221,7 +220,9 @@ async def release_sequence(client: grpcaio.InferenceServerClient, model: str, co
 
     async def request():
         inputs = [_tensor("CODES", np.zeros((1, 0), np.int64)), _tensor("CANCEL", np.array([[True]]))]
-        yield {"model_name": model, "inputs": inputs, "sequence_id": corrid, "sequence_start": False,
+        # START too: once the reply's stream was cancelled Triton may have dropped the sequence, and would
+        # refuse a continuation; the model drops the stream's state either way.
+        yield {"model_name": model, "inputs": inputs, "sequence_id": corrid, "sequence_start": True,
                "sequence_end": True, "parameters": EMPTY_FINAL}
 
     call = client.stream_infer(request(), headers=headers)
