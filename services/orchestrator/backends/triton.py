@@ -99,7 +99,7 @@ class TritonTokenizerSession:
                 headers=self.headers,
             )
         except InferenceServerException as exc:
-            self.ended = True  # the model closed this stream; a new turn starts a new one
+            # Not marked ended: abort() still releases it (closing a stream the model already closed is a no-op).
             raise backend_error("speech_tokenizer", exc) from exc
         self.ended = end
         return result.as_numpy("CODES").reshape(-1).tolist()
