@@ -251,10 +251,11 @@ def main() -> None:
     (work / "keys").write_text(KEY + "\n")
     servers, redis, orch = [], RedisServer(work / "redis").start(), None
     try:
-        speech = start_replica(repo, ("speech_tokenizer", "speech_decoder"), work)
-        servers.append(speech)
-        llms = [start_replica(repo, ("llm",), work) for _ in range(3)]
-        servers += llms
+        with ThreadPoolExecutor(4) as pool:  # the four servers load at once
+            started = list(pool.map(lambda models: start_replica(repo, models, work, 600),
+                                    [("speech_tokenizer", "speech_decoder")] + [("llm",)] * 3))
+        servers += started
+        speech, llms = started[0], started[1:]
         settings = Settings(
             backend="triton", redis_addr=redis.addr, triton_speech_tokenizer_addr=speech.grpc_url,
             triton_llm_addr=",".join(s.grpc_url for s in llms), triton_speech_decoder_addr=speech.grpc_url,
