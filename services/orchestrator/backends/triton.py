@@ -210,12 +210,16 @@ class TritonDecoderSession:
         """Stops the reply's stream and frees its state on the replica now (END + CANCEL), not at the idle timeout."""
         self._call.cancel()
         if self.sent and not self.finished:
-            await release_sequence(self.client, "speech_decoder", self.corrid, self.headers)
+            release_sequence(self.client, "speech_decoder", self.corrid, self.headers)
 
 
-async def release_sequence(client: grpcaio.InferenceServerClient, model: str, corrid: int,
-                           headers: dict[str, str] | None, timeout_s: float = 2.0) -> None:
-    """Ends a decoupled sequence with CANCEL on its own short stream (the reply's stream is already cancelled).
+_RELEASES: set[asyncio.Task] = set()  # release calls in flight (a task needs a reference until it ends)
+
+
+def release_sequence(client: grpcaio.InferenceServerClient, model: str, corrid: int,
+                     headers: dict[str, str] | None) -> None:
+    """Ends a decoupled sequence with CANCEL on its own short stream (the reply's stream is already cancelled),
+    in the background: the caller does not wait, and the request is not cancelled if the replica is slow.
     Best effort: a replica that is gone has nothing left to free."""
 
     async def request():
@@ -225,19 +229,17 @@ async def release_sequence(client: grpcaio.InferenceServerClient, model: str, co
         yield {"model_name": model, "inputs": inputs, "sequence_id": corrid, "sequence_start": True,
                "sequence_end": True, "parameters": EMPTY_FINAL}
 
-    call = client.stream_infer(request(), headers=headers)
-
     async def until_final():
-        async for result, error in call:
-            if error is not None or _final(result):
-                return
+        try:
+            async for result, error in client.stream_infer(request(), headers=headers):
+                if error is not None or _final(result):
+                    return
+        except InferenceServerException:
+            pass
 
-    try:
-        await asyncio.wait_for(until_final(), timeout_s)
-    except (TimeoutError, InferenceServerException):
-        pass
-    finally:
-        call.cancel()
+    task = asyncio.create_task(until_final())
+    _RELEASES.add(task)
+    task.add_done_callback(_RELEASES.discard)
 
 
 class TritonBackend:
