@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 
+import grpc
 import numpy as np
 import tritonclient.grpc.aio as grpcaio
 from prometheus_client import CollectorRegistry
@@ -45,6 +46,8 @@ def backend_error(model: str, exc: Exception) -> OrchestratorError:
     with neither (a broken connection) means the model is unavailable."""
     status = exc.status() if isinstance(exc, InferenceServerException) else None
     message = exc.message() if isinstance(exc, InferenceServerException) else str(exc)
+    if isinstance(exc, grpc.RpcError):  # tritonclient's aio streams raise gRPC's own error (e.g. a replica gone)
+        status, message = str(exc.code()), exc.details()
     tagged, message = llm_contract.error_status(message or "")
     name = tagged or _CODES.get(status) or ("UNAVAILABLE" if status is None else "INTERNAL")
     return _ERRORS.get(name, OrchestratorError)(f"{model}: {message}")
@@ -139,7 +142,7 @@ class TritonLMStream:
                     self.finish_reason = reason.reshape(-1)[0].decode()
                 if _final(result):
                     return
-        except InferenceServerException as exc:
+        except (InferenceServerException, grpc.RpcError) as exc:
             raise backend_error("llm", exc) from exc
 
     async def cancel(self) -> None:
@@ -203,7 +206,7 @@ class TritonDecoderSession:
                     if self.end_sent and finals == self.sent:
                         self.finished = True
                         return
-        except InferenceServerException as exc:
+        except (InferenceServerException, grpc.RpcError) as exc:
             raise backend_error("speech_decoder", exc) from exc
 
     async def cancel(self) -> None:
@@ -234,7 +237,7 @@ def release_sequence(client: grpcaio.InferenceServerClient, model: str, corrid: 
             async for result, error in client.stream_infer(request(), headers=headers):
                 if error is not None or _final(result):
                     return
-        except InferenceServerException:
+        except (InferenceServerException, grpc.RpcError):
             pass
 
     task = asyncio.create_task(until_final())
