@@ -136,8 +136,8 @@ def report_affinity(orch, placements: Placements, llms) -> None:
             ms_last.append(transcripts[-1].turns[0].latency.prefill_ms)
             replicas = placements.replicas(sid)
             same += sum(a == b for a, b in zip(replicas, replicas[1:]))
-        print(f"{label}: prefill ids turn {TURNS} / turn 1 per session: median {statistics.median(ratios):.2f} "
-              f"(min {min(ratios):.2f}, max {max(ratios):.2f}); turns on the previous turn's replica "
+        print(f"{label}: prefill ids turn {TURNS} / turn 1 per session: median {statistics.median(ratios):.2f}, "
+              f"mean {statistics.mean(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f}); turns on the previous turn's replica "
               f"{same}/{len(sessions) * (TURNS - 1)}; prefill ms turn 1 {statistics.median(ms_first):.1f}, "
               f"turn {TURNS} {statistics.median(ms_last):.1f} (median); requests per replica {dict(served)}")
 
@@ -267,7 +267,7 @@ def main() -> None:
             backend="triton", redis_addr=redis.addr, triton_speech_tokenizer_addr=speech.grpc_url,
             triton_llm_addr=",".join(s.grpc_url for s in llms), triton_speech_decoder_addr=speech.grpc_url,
             tokenizer_dir=dirs["llm"], grpc_port=0, bind_address="127.0.0.1", api_keys_file=work / "keys",
-            max_streams=64, metrics_port=0,
+            max_streams=64, metrics_port=0, quota_streams=64, quota_sessions_per_minute=1000,
         )
         orch = OrchestratorThread.start(settings)
         placements = Placements(orch.orchestrator.backend)
