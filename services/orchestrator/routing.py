@@ -4,7 +4,8 @@ The LM keeps a session's KV prefix on the replica that served its last turn, so 
 goes to the same replica: the first of the session's rendezvous order (highest hash of session id +
 address) among the live replicas. Adding or removing one replica moves only the sessions whose first
 choice it is (about 1/N), and every orchestrator replica computes the same order without shared state.
-A replica that is gone, draining (model unloaded) or full answers UNAVAILABLE before the first token:
+A replica that is gone, draining (model unloaded) or full answers UNAVAILABLE (full: RESOURCE_EXHAUSTED)
+before the first token:
 the turn goes to the next replica of the order and prefills the whole history there (correct, slower),
 the reroute is counted, and that replica sits out `quarantine_s` so the session's next turns stay
 where the KV now is. A stream (tokenizer, decoder, an LM reply) stays on the replica that opened it; if
@@ -27,7 +28,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from services.orchestrator.errors import BackendUnavailable
+from services.orchestrator.errors import BackendUnavailable, Exhausted
 
 log = logging.getLogger("glmvoice.orchestrator.routing")
 K8S_SCHEME = "endpointslices://"
@@ -161,7 +162,7 @@ class RoutedStream:
                     started = True
                     yield item
                 return
-            except BackendUnavailable as exc:
+            except (BackendUnavailable, Exhausted) as exc:  # gone or draining; full (RESOURCE_EXHAUSTED)
                 if started or attempt == len(order) - 1:
                     raise
                 self.router.mark_down(addr, str(exc))
