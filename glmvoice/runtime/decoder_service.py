@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from glmvoice.runtime.decoder_stream import DecoderStreams
-from glmvoice.runtime.idle import ExpiringStreams, UnknownStreamError
+from glmvoice.runtime.idle import ExpiringStreams, IdleClock, UnknownStreamError
 
 
 @dataclass
@@ -23,11 +23,13 @@ class DecodeItem:
     end: bool
     seed: int = 0
     output_rate: int | None = None  # None: the decoder's own rate
+    cancel: bool = False  # drop the stream now, decoding nothing more (barge-in)
 
 
 class DecoderService(ExpiringStreams):
     def __init__(self, streams: DecoderStreams, idle_timeout_s: float = 60.0):
         self.streams = streams
+        self.cancelled = IdleClock(idle_timeout_s)  # ids cancelled lately
         super().__init__(idle_timeout_s)
 
     @property
@@ -37,9 +39,17 @@ class DecoderService(ExpiringStreams):
     def run(self, items: list[DecodeItem]) -> list[list[np.ndarray] | Exception]:
         """-> per item, the audio chunks its request produced (in order), or the exception it raised."""
         self._drop_idle()
+        for stream_id in self.cancelled.expired():
+            self.cancelled.forget(stream_id)
         results: list[list[np.ndarray] | Exception] = [[] for _ in items]
         live: dict[str, int] = {}  # stream id -> item index
         for index, item in enumerate(items):
+            if item.cancel:
+                self.close(item.stream_id)
+                # The cancel may overtake its stream's first request (the client sent it on a new connection):
+                # remembered, so a START that arrives later does not open a stream nobody will close.
+                self.cancelled.touch(item.stream_id)
+                continue
             try:
                 self._accept(item)
                 live[item.stream_id] = index
@@ -61,6 +71,8 @@ class DecoderService(ExpiringStreams):
         return results
 
     def _accept(self, item: DecodeItem) -> None:
+        if item.stream_id in self.cancelled.last_used:
+            raise UnknownStreamError(f"decoder stream {item.stream_id!r} was cancelled")
         if item.start:
             self.close(item.stream_id)  # a restarted stream begins afresh
             self.streams.open(item.stream_id, seed=item.seed, output_rate=item.output_rate)

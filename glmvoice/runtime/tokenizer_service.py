@@ -25,6 +25,7 @@ class TokenizeItem:
     sample_rate: int
     start: bool
     end: bool
+    cancel: bool = False  # drop the stream now, tokenizing nothing more (the turn was abandoned)
 
 
 class TokenizerService(ExpiringStreams):
@@ -38,6 +39,9 @@ class TokenizerService(ExpiringStreams):
         results: list[list[int] | Exception] = [[] for _ in items]
         whole = defaultdict(list)  # sample rate -> indices of whole-clip items
         for index, item in enumerate(items):
+            if item.cancel:
+                self.close(item.stream_id)
+                continue
             try:
                 if item.start and item.end:
                     check_waveform(item.audio)

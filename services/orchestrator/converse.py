@@ -191,7 +191,11 @@ class ConverseSession:
         if turn is None:
             return
         speech_end = time.perf_counter()
-        codes, tokenize_ms = await turn.finish()
+        try:
+            codes, tokenize_ms = await turn.finish()
+        except asyncio.CancelledError:  # the stream is going away mid-turn: free the tokenizer stream now
+            await turn.abort()
+            raise
         if not codes:
             log.info("turn with no speech tokens ignored", extra={"session_id": self.record.session_id})
             return

@@ -261,7 +261,7 @@ class VoiceChat:
         return pb.DeleteSessionResponse(deleted=await self.store.delete(request.session_id, identity))
 
 
-def build_backend(settings: Settings):
+def build_backend(settings: Settings, metrics: Metrics | None = None):
     if settings.backend == "baseline":
         from services.orchestrator.backends.baseline import BaselineBackend
 
@@ -277,7 +277,8 @@ def build_backend(settings: Settings):
         "llm": settings.triton_llm_addr,
         "speech_decoder": settings.triton_speech_decoder_addr,
     }
-    return TritonBackend(addrs, TextTokenizer.from_directory(settings.llm_dir), settings.decoder_block_codes)
+    registry = metrics.registry if metrics is not None else None
+    return TritonBackend(addrs, TextTokenizer.from_directory(settings.llm_dir), settings.decoder_block_codes, registry)
 
 
 class Orchestrator:
@@ -286,7 +287,7 @@ class Orchestrator:
     def __init__(self, settings: Settings, metrics: Metrics | None = None, tracer=None):
         self.settings = settings.check()
         self.metrics = metrics or Metrics()
-        self.backend = build_backend(settings)
+        self.backend = build_backend(settings, self.metrics)
         self.redis = connect(settings.redis_addr, settings.redis_timeout_s, settings.redis_password, settings.redis_tls,
                              str(settings.redis_ca_file) if settings.redis_ca_file else None)
         self.store = SessionStore(self.redis, settings.redis_addr, settings.session_ttl_s)

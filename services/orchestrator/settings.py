@@ -21,7 +21,9 @@ class SettingsError(ValueError):
 @dataclass(frozen=True)
 class Settings:
     backend: str = "triton"
-    # Dependencies (`*_ADDR`: host:port of each Triton deployment's gRPC endpoint).
+    # Dependencies (`*_ADDR`: host:port of each Triton deployment's gRPC endpoint). A TRITON_*_ADDR may list
+    # replicas, `host:port,host:port`, or name a headless Service, `endpointslices://<namespace>/<service>[:<port
+    # name>]`, whose ready endpoints are watched (services/orchestrator/routing.py).
     redis_addr: str = ""
     triton_speech_tokenizer_addr: str = ""
     triton_llm_addr: str = ""

@@ -245,14 +245,30 @@ def test_promoter_role_is_exactly_what_a_swap_needs(helm):
                      (("discovery.k8s.io",), ("endpointslices",)): read}
 
 
-def test_only_the_promoter_gets_an_api_token(helm):
-    docs = render(helm, "gpu-values.yaml")
+def test_orchestrator_role_only_follows_endpointslices(helm):
+    rules = by_kind(render(helm), "Role")[f"{RELEASE}-glmvoice-orchestrator"]["rules"]
+    assert rules == [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]}]
+
+
+@pytest.mark.parametrize("routing", [True, False])
+def test_only_the_promoter_and_the_routing_orchestrator_get_an_api_token(helm, routing):
+    docs = render(helm, "gpu-values.yaml", f"orchestrator.routing.enabled={str(routing).lower()}")
+    callers = {"promoter"} | ({"orchestrator"} if routing else set())
     for w in workloads(docs):
         spec = pod_spec(w)
-        is_promoter = pod_labels(w)["app.kubernetes.io/component"] == "promoter"
-        assert spec["automountServiceAccountToken"] is is_promoter, w["metadata"]["name"]
-        if is_promoter:
-            assert spec["serviceAccountName"] == f"{RELEASE}-glmvoice-promoter"
+        component = pod_labels(w)["app.kubernetes.io/component"]
+        assert spec["automountServiceAccountToken"] is (component in callers), w["metadata"]["name"]
+        if component in callers:  # each caller of the API has its own account and Role
+            assert spec["serviceAccountName"] == f"{RELEASE}-glmvoice-{component}"
+    roles = {d["metadata"]["name"] for d in docs if d["kind"] == "Role"}
+    assert (f"{RELEASE}-glmvoice-orchestrator" in roles) is routing
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == f"{RELEASE}-glmvoice-orchestrator")
+    headless = {d["metadata"]["name"] for d in docs if d["kind"] == "Service" and d["spec"].get("clusterIP") == "None"}
+    for model in ("speech-tokenizer", "llm", "speech-decoder"):
+        service = f"{RELEASE}-glmvoice-triton-{model}-replicas"
+        addr = config["data"][f"TRITON_{model.replace('-', '_').upper()}_ADDR"]
+        assert (service in headless) is routing
+        assert addr == (f"endpointslices://{NAMESPACE}/{service}:grpc" if routing else f"{RELEASE}-glmvoice-triton-{model}:8001")
 
 
 def test_pods_run_as_non_root_on_read_only_roots(rendered):

@@ -50,3 +50,18 @@ def test_bad_codes_close_the_reply(tiny_speech_decoder, codes):
     service = DecoderService(DecoderStreams(tiny_speech_decoder))
     [result] = service.run([DecodeItem("r", codes, start=True, end=False)])
     assert isinstance(result, ValueError) and service.open_streams == 0
+
+
+def test_a_cancel_that_overtakes_its_stream_start_keeps_the_stream_closed(tiny_speech_decoder):
+    from glmvoice.runtime.decoder_service import DecodeItem, DecoderService
+    from glmvoice.runtime.decoder_stream import DecoderStreams
+
+    service = DecoderService(DecoderStreams(tiny_speech_decoder))
+    (cancelled,) = service.run([DecodeItem("7", [], start=True, end=True, cancel=True)])
+    assert cancelled == [] and service.open_streams == 0
+    (late_start,) = service.run([DecodeItem("7", [1, 2, 3], start=True, end=False)])
+    assert isinstance(late_start, ValueError) and service.open_streams == 0
+    service.run([DecodeItem("8", [1, 2, 3], start=True, end=False)])
+    assert service.open_streams == 1
+    service.run([DecodeItem("8", [], start=True, end=True, cancel=True)])
+    assert service.open_streams == 0

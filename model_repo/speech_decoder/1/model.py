@@ -30,6 +30,12 @@ class TritonPythonModel:
         idle_us = int(model_config["sequence_batching"].get("max_sequence_idle_microseconds", 60_000_000))
         streams = DecoderStreams(load_speech_decoder(spec["path"], device))
         self.service = DecoderService(streams, idle_timeout_s=idle_us / 1e6)
+        # Streams holding state here (a barge-in must bring it to 0 at once); the family outlives its metric.
+        self.metric_family = pb_utils.MetricFamily(
+            name="glmvoice_speech_decoder_open_streams", description="Open speech decoder streams",
+            kind=pb_utils.MetricFamily.GAUGE,
+        )
+        self.open_streams = self.metric_family.Metric(labels={})
 
     @staticmethod
     def _item(inputs):
@@ -40,6 +46,7 @@ class TritonPythonModel:
             end=bool(inputs.scalar("END")),
             seed=int(inputs.scalar("SEED", 0)),
             output_rate=inputs.scalar("OUTPUT_RATE"),
+            cancel=bool(inputs.scalar("CANCEL", False)),
         )
 
     def execute(self, requests):
@@ -54,4 +61,5 @@ class TritonPythonModel:
                 audio = pb_utils.Tensor("AUDIO", chunk.astype(np.float32)[None])
                 sender.send(pb_utils.InferenceResponse([audio, pb_utils.Tensor("SAMPLE_RATE", rate)]))
             sender.send(flags=FINAL)
+        self.open_streams.set(self.service.open_streams)
         return None

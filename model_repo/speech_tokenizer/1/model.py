@@ -27,6 +27,12 @@ class TritonPythonModel:
         apply_cpu_threads(device, int(params.get("cpu_threads", "0")))
         idle_us = model_config["sequence_batching"].get("max_sequence_idle_microseconds", 60_000_000)
         self.service = TokenizerService(load_speech_tokenizer(spec["path"], device), idle_timeout_s=int(idle_us) / 1e6)
+        # Streams holding state here (a barge-in must bring it to 0 at once); the family outlives its metric.
+        self.metric_family = pb_utils.MetricFamily(
+            name="glmvoice_speech_tokenizer_open_streams", description="Open speech tokenizer streams",
+            kind=pb_utils.MetricFamily.GAUGE,
+        )
+        self.open_streams = self.metric_family.Metric(labels={})
         self.default_rate = self.service.tokenizer.config.sampling_rate
 
     def execute(self, requests):
@@ -40,6 +46,7 @@ class TritonPythonModel:
                     sample_rate=inputs.scalar("SAMPLE_RATE", self.default_rate),
                     start=bool(inputs.scalar("START")),
                     end=bool(inputs.scalar("END")),
+                    cancel=bool(inputs.scalar("CANCEL", False)),
                 )
             )
         responses = []
@@ -49,4 +56,5 @@ class TritonPythonModel:
             else:
                 codes = np.asarray(result, dtype=np.int64)[None]  # [1, N]: the batch dimension
                 responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("CODES", codes)]))
+        self.open_streams.set(self.service.open_streams)
         return responses

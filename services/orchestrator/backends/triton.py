@@ -1,9 +1,12 @@
-"""The Triton backend: tritonclient gRPC (asyncio) to the three models, one channel per deployment.
+"""The Triton backend: tritonclient gRPC (asyncio) to the three models, one channel per replica
+(services/orchestrator/routing.py picks the replica: an LM turn goes where its session's KV is).
 
 - speech_tokenizer: sequence batching; one CORRID per user turn, START on the first block, END on the last.
 - llm: decoupled; one gRPC stream per request; cancelling the call is Triton cancellation (the model's
   watcher frees the KV slot). max_new_tokens 0 prefills only and keeps the KV under prefix_key.
 - speech_decoder: decoupled + sequence batching; one gRPC stream and one CORRID per reply.
+Tokenizer and decoder streams stay on the replica that opened them; abandoning one (barge-in, Cancel, a
+client gone) ends its sequence with CANCEL so the replica frees its state at once.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import random
 
+import grpc
 import numpy as np
 import tritonclient.grpc.aio as grpcaio
+from prometheus_client import CollectorRegistry
 from tritonclient.grpc import InferenceServerException, InferInput
 from tritonclient.utils import np_to_triton_dtype
 
@@ -20,6 +25,7 @@ from glmvoice.models.text_tokenizer import TextTokenizer
 from glmvoice.runtime import llm_contract
 from services.orchestrator.backends import STATUS_ERRORS, LMRequest
 from services.orchestrator.errors import BackendUnavailable, DeadlineExceeded, OrchestratorError
+from services.orchestrator.routing import RoutedStream, Router, RoutingMetrics, replica_source
 
 MODELS = ("speech_tokenizer", "llm", "speech_decoder")
 # model_repo/speech_tokenizer/config.pbtxt: streams take 16 kHz audio only (the model's own rate).
@@ -40,6 +46,8 @@ def backend_error(model: str, exc: Exception) -> OrchestratorError:
     with neither (a broken connection) means the model is unavailable."""
     status = exc.status() if isinstance(exc, InferenceServerException) else None
     message = exc.message() if isinstance(exc, InferenceServerException) else str(exc)
+    if isinstance(exc, grpc.RpcError):  # tritonclient's aio streams raise gRPC's own error (e.g. a replica gone)
+        status, message = str(exc.code()), exc.details()
     tagged, message = llm_contract.error_status(message or "")
     name = tagged or _CODES.get(status) or ("UNAVAILABLE" if status is None else "INTERNAL")
     return _ERRORS.get(name, OrchestratorError)(f"{model}: {message}")
@@ -61,29 +69,50 @@ def _corrid() -> int:
 
 
 class TritonTokenizerSession:
-    def __init__(self, client: grpcaio.InferenceServerClient, headers: dict[str, str] | None = None):
-        self.client, self.headers = client, headers
+    """One user turn's tokenizer stream; it stays on the replica its first block went to."""
+
+    def __init__(self, router: Router, headers: dict[str, str] | None = None):
+        self.router, self.headers = router, headers
         self.corrid = _corrid()
+        self.client: grpcaio.InferenceServerClient | None = None
         self.started = self.ended = False
 
     async def push(self, audio: np.ndarray, end: bool = False) -> list[int]:
         inputs = [_tensor("AUDIO", np.asarray(audio, np.float32).reshape(1, -1))]
+        if self.client is not None:
+            return await self._send(inputs, end)
+        # The first block may go to the next replica if one is down; later blocks need that replica's state.
+        order = self.router.order(str(self.corrid))
+        for attempt, addr in enumerate(order):
+            self.client = self.router.client(addr)
+            try:
+                return await self._send(inputs, end, start=True)
+            except BackendUnavailable as exc:
+                if attempt == len(order) - 1:
+                    raise
+                self.router.mark_down(addr, str(exc))
+                self.router.rerouted()
+        raise BackendUnavailable("no speech_tokenizer replica is available")
+
+    async def _send(self, inputs: list[InferInput], end: bool, start: bool = False) -> list[int]:
+        self.started = True  # from here the replica may hold state for this stream
         try:
             result = await self.client.infer(
-                "speech_tokenizer", inputs, sequence_id=self.corrid, sequence_start=not self.started, sequence_end=end,
+                "speech_tokenizer", inputs, sequence_id=self.corrid, sequence_start=start, sequence_end=end,
                 headers=self.headers,
             )
         except InferenceServerException as exc:
-            self.ended = True  # the model closed this stream; a new turn starts a new one
+            # Not marked ended: abort() still releases it (closing a stream the model already closed is a no-op).
             raise backend_error("speech_tokenizer", exc) from exc
-        self.started, self.ended = True, end
+        self.ended = end
         return result.as_numpy("CODES").reshape(-1).tolist()
 
     async def abort(self) -> None:
-        """Frees the stream's state on the server now instead of at its idle timeout."""
+        """Frees the stream's state on its replica now instead of at its idle timeout."""
         if self.started and not self.ended:
-            try:
-                await self.push(np.zeros(0, np.float32), end=True)
+            try:  # START: the sequence may be gone from Triton's batcher if an in-flight block was cancelled
+                inputs = [_tensor("AUDIO", np.zeros((1, 0), np.float32)), _tensor("CANCEL", np.array([[True]]))]
+                await self._send(inputs, end=True, start=True)
             except OrchestratorError:
                 pass
 
@@ -113,7 +142,7 @@ class TritonLMStream:
                     self.finish_reason = reason.reshape(-1)[0].decode()
                 if _final(result):
                     return
-        except InferenceServerException as exc:
+        except (InferenceServerException, grpc.RpcError) as exc:
             raise backend_error("llm", exc) from exc
 
     async def cancel(self) -> None:
@@ -123,10 +152,14 @@ class TritonLMStream:
 
 class TritonDecoderSession:
     def __init__(
-        self, client: grpcaio.InferenceServerClient, seed: int, output_rate: int, headers: dict[str, str] | None = None,
+        self, router: Router, seed: int, output_rate: int, headers: dict[str, str] | None = None,
     ):
-        self.seed, self.output_rate = seed, output_rate
+        self.seed, self.output_rate, self.headers = seed, output_rate, headers
         self.corrid = _corrid()
+        # The stream stays on this replica: its state (the reply's decoded blocks) lives there.
+        self.addr, client = router.pick(str(self.corrid))
+        self.client = client
+        self.finished = False
         self.queue: asyncio.Queue = asyncio.Queue()
         self.sent = 0
         self.end_sent = False
@@ -171,55 +204,103 @@ class TritonDecoderSession:
                 if _final(result):
                     finals += 1
                     if self.end_sent and finals == self.sent:
+                        self.finished = True
                         return
-        except InferenceServerException as exc:
+        except (InferenceServerException, grpc.RpcError) as exc:
             raise backend_error("speech_decoder", exc) from exc
 
     async def cancel(self) -> None:
+        """Stops the reply's stream and frees its state on the replica now (END + CANCEL), not at the idle timeout."""
         self._call.cancel()
+        if self.sent and not self.finished:
+            release_sequence(self.client, "speech_decoder", self.corrid, self.headers)
+
+
+_RELEASES: set[asyncio.Task] = set()  # release calls in flight (a task needs a reference until it ends)
+
+
+def release_sequence(client: grpcaio.InferenceServerClient, model: str, corrid: int,
+                     headers: dict[str, str] | None) -> None:
+    """Ends a decoupled sequence with CANCEL on its own short stream (the reply's stream is already cancelled),
+    in the background: the caller does not wait, and the request is not cancelled if the replica is slow.
+    Best effort: a replica that is gone has nothing left to free."""
+
+    async def request():
+        inputs = [_tensor("CODES", np.zeros((1, 0), np.int64)), _tensor("CANCEL", np.array([[True]]))]
+        # START too: once the reply's stream was cancelled Triton may have dropped the sequence, and would
+        # refuse a continuation; the model drops the stream's state either way.
+        yield {"model_name": model, "inputs": inputs, "sequence_id": corrid, "sequence_start": True,
+               "sequence_end": True, "parameters": EMPTY_FINAL}
+
+    async def until_final():
+        try:
+            async for result, error in client.stream_infer(request(), headers=headers):
+                if error is not None or _final(result):
+                    return
+        except (InferenceServerException, grpc.RpcError):
+            pass
+
+    task = asyncio.create_task(until_final())
+    _RELEASES.add(task)
+    task.add_done_callback(_RELEASES.discard)
 
 
 class TritonBackend:
-    def __init__(self, addrs: dict[str, str], text_tokenizer: TextTokenizer, decoder_block: int):
+    """`addrs`: per model, a replica setting (routing.replica_source): a static list or a Service's EndpointSlices."""
+
+    def __init__(self, addrs: dict[str, str], text_tokenizer: TextTokenizer, decoder_block: int,
+                 registry: CollectorRegistry | None = None, kube_config=None):
         self.addrs = addrs
         self.decoder_block = decoder_block
         self.text_tokenizer = text_tokenizer
         self.input_rate = TOKENIZER_STREAM_RATE
         self.max_seq_len = 0
-        self.clients = {model: grpcaio.InferenceServerClient(addr) for model, addr in addrs.items()}
+        metrics = RoutingMetrics(registry)
+        self.routers = {}
+        for model, value in addrs.items():
+            replicas, source = replica_source(model, value, kube_config)
+            self.routers[model] = Router(model, replicas, grpcaio.InferenceServerClient, metrics)
+            self.routers[model].source = source
+
+    async def _ready_replica(self, model: str) -> grpcaio.InferenceServerClient | None:
+        router = self.routers[model]
+        for addr in router.order(model):
+            try:
+                if await router.client(addr).is_model_ready(model):
+                    return router.client(addr)
+            except InferenceServerException:
+                pass
+        return None
 
     async def start(self, timeout_s: float = 120.0) -> None:
-        """Waits for the three models, reads the LM's sequence limit, and warms each model with one request."""
+        """Waits for a ready replica of each model and reads the LM's sequence limit from one."""
         deadline = asyncio.get_running_loop().time() + timeout_s
         for model in MODELS:
-            while True:
-                try:
-                    if await self.clients[model].is_model_ready(model):
-                        break
-                except InferenceServerException:
-                    pass
+            while await self._ready_replica(model) is None:
                 if asyncio.get_running_loop().time() > deadline:
                     raise BackendUnavailable(f"Triton model {model!r} at {self.addrs[model]} is not ready")
                 await asyncio.sleep(0.5)
-        config = await self.clients["llm"].get_model_config("llm", as_json=True)
+        config = await (await self._ready_replica("llm")).get_model_config("llm", as_json=True)
         params = config["config"].get("parameters", {})
         self.max_seq_len = int(params.get("max_seq_len", {}).get("string_value", "0")) or 2048
 
     async def ready(self) -> bool:
-        try:
-            return all([await self.clients[model].is_model_ready(model) for model in MODELS])
-        except InferenceServerException:
-            return False
+        """Ready while each model has at least one ready replica (also closes clients of long-gone replicas)."""
+        for router in self.routers.values():
+            await router.reap()
+        return all([await self._ready_replica(model) is not None for model in MODELS])
 
     def open_tokenizer(self, headers: dict[str, str] | None = None) -> TritonTokenizerSession:
-        return TritonTokenizerSession(self.clients["speech_tokenizer"], headers)
+        return TritonTokenizerSession(self.routers["speech_tokenizer"], headers)
 
-    def generate(self, request: LMRequest, headers: dict[str, str] | None = None) -> TritonLMStream:
-        return TritonLMStream(self.clients["llm"], request, headers)
+    def generate(self, request: LMRequest, headers: dict[str, str] | None = None) -> RoutedStream:
+        # Every turn of a session (prefix_key) on the replica that holds its KV.
+        return RoutedStream(self.routers["llm"], request.prefix_key,
+                            lambda client: TritonLMStream(client, request, headers))
 
     def open_decoder(self, seed: int, output_rate: int, headers: dict[str, str] | None = None) -> TritonDecoderSession:
-        return TritonDecoderSession(self.clients["speech_decoder"], seed, output_rate, headers)
+        return TritonDecoderSession(self.routers["speech_decoder"], seed, output_rate, headers)
 
     async def close(self) -> None:
-        for client in self.clients.values():
-            await client.close()
+        for router in self.routers.values():
+            await router.close()
