@@ -7,7 +7,6 @@ and the orchestrator checks it, so HTTP and gRPC share one key file and one noti
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -23,7 +22,6 @@ from pydantic import BaseModel, Field
 
 from glmvoice.audio import SUPPORTED_RATES, decode, encode, read_wav, resample, wav_bytes
 from glmvoice.client import config_request
-from glmvoice.telemetry import inject_trace
 from glmvoice.v1 import voice_chat_pb2 as pb
 from services.gateway.realtime import realtime_session
 from services.gateway.settings import GatewaySettings
@@ -94,6 +92,46 @@ def _response_format(body: ChatRequest, accept: str) -> str:
     return "json"
 
 
+async def _whole_reply(responses, fmt: str, rate: int) -> Response:
+    """The whole turn as one WAV or JSON body (the non-streaming formats)."""
+    session, text, audio, turn = "", [], [], None
+    try:
+        async for response in responses:
+            kind = response.WhichOneof("event")
+            session = response.session_started.session_id if kind == "session_started" else session
+            text += [response.text_delta.text] if kind == "text_delta" else []
+            audio += [response.audio.data] if kind == "audio" else []
+            turn = response.turn_ended if kind == "turn_ended" else turn
+    except grpc.aio.AioRpcError as exc:
+        raise http_error(exc) from exc
+    wav = wav_bytes(decode(b"".join(audio), "LINEAR16"), rate)
+    if fmt == "wav":
+        return Response(wav, media_type="audio/wav", headers={"X-Session-Id": session})
+    return JSONResponse({
+        "session_id": session, "text": "".join(text), "sample_rate": rate,
+        "audio": base64.b64encode(wav).decode(), "turn": _turn_event(turn) if turn else None,
+    })
+
+
+async def _sse(responses):
+    def event(name: str, data: dict) -> str:
+        return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+    try:
+        async for response in responses:
+            kind = response.WhichOneof("event")
+            if kind == "session_started":
+                yield event("session_started", {"session_id": response.session_started.session_id})
+            elif kind == "text_delta":
+                yield event("text_delta", {"text": response.text_delta.text})
+            elif kind == "audio":  # PCM16 little-endian at output_sample_rate
+                yield event("audio", {"pcm16": base64.b64encode(response.audio.data).decode()})
+            elif kind == "turn_ended":
+                yield event("turn_ended", _turn_event(response.turn_ended))
+    except grpc.aio.AioRpcError as exc:
+        yield event("error", {"status": http_error(exc).status_code, "message": exc.details()})
+
+
 async def _bounded_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it (or its declared length) passes `limit`."""
     declared = request.headers.get("content-length", "")
@@ -126,49 +164,6 @@ def create_app(settings: GatewaySettings, tracer=None) -> FastAPI:
         description="GLM-4-Voice spoken conversation over HTTP and WebSocket. Authenticate with "
         "`Authorization: Bearer <key>` or `X-API-Key` (the keys of the gRPC API).",
     )
-
-    async def converse(request: Request, turn: list[pb.ConverseRequest]):
-        """-> an async iterator over the orchestrator's responses, its first one already read (so
-        authentication and validation errors become HTTP statuses before any body is sent)."""
-        # With tracing on, the turn's spans in the orchestrator join this request's trace.
-        span = tracer.start_span("gateway.chat") if tracer is not None else None
-        metadata = inject_trace(key_metadata(request.headers), span)
-        call = app.state.upstream.stub.Converse(metadata=metadata, timeout=settings.request_timeout_s)
-
-        async def write(messages):
-            try:
-                for message in messages:
-                    await call.write(message)
-                await call.done_writing()
-            except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
-                pass  # the call failed: reading it reports the status
-
-        # The config alone first: a refused call (authentication, admission) then fails on its first read,
-        # with no writes racing the server's abort.
-        try:
-            await call.write(turn[0])
-            first = await call.read()
-        except grpc.aio.AioRpcError as exc:
-            if span is not None:
-                span.end()
-            raise http_error(exc) from exc
-        except (grpc.aio.UsageError, asyncio.InvalidStateError):
-            first = await call.read()
-        writer = asyncio.create_task(write(turn[1:]))
-        if first is grpc.aio.EOF:
-            raise HTTPException(502, detail="the orchestrator closed the stream without a reply")
-
-        async def responses():
-            try:
-                yield first
-                while (response := await call.read()) is not grpc.aio.EOF:
-                    yield response
-                await writer
-            finally:
-                if span is not None:
-                    span.end()
-
-        return responses()
 
     @app.post(
         "/v1/chat",
@@ -211,7 +206,8 @@ def create_app(settings: GatewaySettings, tracer=None) -> FastAPI:
             raise HTTPException(400, detail=str(exc)) from exc
         fmt = _response_format(body, request.headers.get("accept", ""))
         try:
-            responses = await converse(request, _turn_requests(body))
+            responses = await app.state.upstream.turn(request.headers, _turn_requests(body), settings.request_timeout_s,
+                                                      tracer)
         except HTTPException as exc:
             requests_total.labels(route="chat", status=str(exc.status_code)).inc()
             raise
@@ -219,41 +215,7 @@ def create_app(settings: GatewaySettings, tracer=None) -> FastAPI:
         rate = body.output_sample_rate
         if fmt == "sse":
             return StreamingResponse(_sse(responses), media_type="text/event-stream")
-        session, text, audio, turn = "", [], [], None
-        try:
-            async for response in responses:
-                kind = response.WhichOneof("event")
-                session = response.session_started.session_id if kind == "session_started" else session
-                text += [response.text_delta.text] if kind == "text_delta" else []
-                audio += [response.audio.data] if kind == "audio" else []
-                turn = response.turn_ended if kind == "turn_ended" else turn
-        except grpc.aio.AioRpcError as exc:
-            raise http_error(exc) from exc
-        wav = wav_bytes(decode(b"".join(audio), "LINEAR16"), rate)
-        if fmt == "wav":
-            return Response(wav, media_type="audio/wav", headers={"X-Session-Id": session})
-        return JSONResponse({
-            "session_id": session, "text": "".join(text), "sample_rate": rate,
-            "audio": base64.b64encode(wav).decode(), "turn": _turn_event(turn) if turn else None,
-        })
-
-    async def _sse(responses):
-        def event(name: str, data: dict) -> str:
-            return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-        try:
-            async for response in responses:
-                kind = response.WhichOneof("event")
-                if kind == "session_started":
-                    yield event("session_started", {"session_id": response.session_started.session_id})
-                elif kind == "text_delta":
-                    yield event("text_delta", {"text": response.text_delta.text})
-                elif kind == "audio":  # PCM16 little-endian at output_sample_rate
-                    yield event("audio", {"pcm16": base64.b64encode(response.audio.data).decode()})
-                elif kind == "turn_ended":
-                    yield event("turn_ended", _turn_event(response.turn_ended))
-        except grpc.aio.AioRpcError as exc:
-            yield event("error", {"status": http_error(exc).status_code, "message": exc.details()})
+        return await _whole_reply(responses, fmt, rate)
 
     @app.websocket("/v1/realtime")
     async def realtime(websocket: WebSocket):
