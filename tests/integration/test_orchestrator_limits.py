@@ -135,23 +135,32 @@ def _config(**extra):
     return config_request("LINEAR16", 16000, "LINEAR16", 16000, max_new_tokens=5, **GREEDY, **extra)
 
 
+def opened(address: str, key: str) -> LiveStream:
+    """A Converse stream the server has started (session_started received)."""
+    stream = LiveStream(address, key)
+    stream.send(_config())
+    assert stream.next_event(30).WhichOneof("event") == "session_started"
+    return stream
+
+
+def refusal(address: str, key: str) -> grpc.RpcError:
+    """The status a new stream is refused with."""
+    stream = LiveStream(address, key)
+    stream.send(_config())
+    with pytest.raises(grpc.RpcError) as info:
+        stream.next_event(30)
+    stream.shutdown()
+    return info.value
+
+
 def test_one_key_cannot_take_every_slot(limited):
     server, _ = limited
-    held = [LiveStream(server.address, KEYS[0]) for _ in range(2)]
+    held = []
     try:
-        for stream in held:
-            stream.send(_config())
-            assert stream.next_event(30).WhichOneof("event") == "session_started"
-        refused = LiveStream(server.address, KEYS[0])
-        refused.send(_config())
-        with pytest.raises(grpc.RpcError) as info:
-            refused.next_event(30)
-        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "QUOTA_STREAMS" in info.value.details()
-        refused.shutdown()
-        other = LiveStream(server.address, KEYS[1])  # other keys are still served
-        other.send(_config())
-        assert other.next_event(30).WhichOneof("event") == "session_started"
-        other.shutdown()
+        held += [opened(server.address, KEYS[0]) for _ in range(2)]
+        refused = refusal(server.address, KEYS[0])
+        assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "QUOTA_STREAMS" in refused.details()
+        opened(server.address, KEYS[1]).shutdown()  # other keys are still served
     finally:
         for stream in held:
             stream.shutdown()
@@ -160,10 +169,8 @@ def test_one_key_cannot_take_every_slot(limited):
 def test_a_turn_longer_than_the_bound_is_refused_as_it_arrives(limited):
     server, _ = limited
     time.sleep(0.5)  # the previous test's leases are released when its streams end
-    stream = LiveStream(server.address, KEYS[1])
+    stream = opened(server.address, KEYS[1])
     try:
-        stream.send(_config())
-        assert stream.next_event(30).WhichOneof("event") == "session_started"
         stream.send_audio(frames(np.zeros(16000 * 2, np.float32) + 0.01, 16000, "LINEAR16"))  # 2 s > MAX_TURN_S
         with pytest.raises(grpc.RpcError) as info:
             while True:
@@ -175,10 +182,8 @@ def test_a_turn_longer_than_the_bound_is_refused_as_it_arrives(limited):
 
 def test_a_silent_client_is_ended(limited):
     server, _ = limited
-    stream = LiveStream(server.address, KEYS[1])
+    stream = opened(server.address, KEYS[1])
     try:
-        stream.send(_config())
-        assert stream.next_event(30).WhichOneof("event") == "session_started"
         started = time.monotonic()
         with pytest.raises(grpc.RpcError) as info:
             stream.next_event(30)
@@ -199,15 +204,11 @@ def test_frozen_redis_turns_health_and_new_streams_away_fast(limited):
                 assert time.monotonic() - started < 10, "health still SERVING with Redis frozen"
                 time.sleep(0.1)
             noticed = time.monotonic() - started
-            probe = LiveStream(server.address, KEYS[1])
-            probe.send(_config())
-            with pytest.raises(grpc.RpcError) as info:
-                probe.next_event(10)
-            probe.shutdown()
+            refused = refusal(server.address, KEYS[1])
         finally:
             os.kill(redis.process.pid, signal.SIGCONT)
         print(f"health NOT_SERVING {noticed:.2f} s after Redis froze")
-        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert refused.code() == grpc.StatusCode.UNAVAILABLE
         deadline = time.monotonic() + 15
         while health.Check(health_pb2.HealthCheckRequest(), timeout=5).status != health_pb2.HealthCheckResponse.SERVING:
             assert time.monotonic() < deadline, "health did not come back after Redis resumed"
@@ -217,18 +218,11 @@ def test_frozen_redis_turns_health_and_new_streams_away_fast(limited):
 def test_replicas_share_the_stream_quota(limited, checkpoints, keys_file):  # noqa: F811
     """A second replica on the same Redis sees the first's streams: the key's two slots are taken there."""
     server, redis = limited
-    first = [LiveStream(server.address, KEYS[0]) for _ in range(2)]
+    first = []
     second = OrchestratorThread.start(replace(server.orchestrator.settings, grpc_port=0))
     try:
-        for stream in first:
-            stream.send(_config())
-            assert stream.next_event(30).WhichOneof("event") == "session_started"
-        refused = LiveStream(second.address, KEYS[0])
-        refused.send(_config())
-        with pytest.raises(grpc.RpcError) as info:
-            refused.next_event(30)
-        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        refused.shutdown()
+        first += [opened(server.address, KEYS[0]) for _ in range(2)]
+        assert refusal(second.address, KEYS[0]).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
         for stream in first:
             stream.shutdown()
