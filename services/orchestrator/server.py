@@ -36,6 +36,7 @@ from services.orchestrator.vad import VadModel
 log = logging.getLogger("glmvoice.orchestrator")
 SERVICE = "glmvoice.v1.VoiceChat"
 _DONE = object()
+_RELEASES: set[asyncio.Task] = set()  # quota releases in flight (a task needs a reference until it ends)
 TURN_END_REASONS = {
     "completed": pb.TURN_END_REASON_COMPLETED,
     "length": pb.TURN_END_REASON_LENGTH,
@@ -178,9 +179,19 @@ class VoiceChat:
             self.active -= 1
             self.metrics.active_streams.dec()
             if lease is not None:
+                # No await here: a stream the client cancelled may be cancelled again while it cleans up, and
+                # the lease must go all the same (else the key's slot stays taken until the lease expires).
                 lease.cancel()
-                await asyncio.gather(lease, return_exceptions=True)
-                await asyncio.gather(quotas.release_stream(identity, stream_id), return_exceptions=True)
+                release = asyncio.get_running_loop().create_task(self._release(quotas, identity, stream_id))
+                _RELEASES.add(release)
+                release.add_done_callback(_RELEASES.discard)
+
+    @staticmethod
+    async def _release(quotas: Quotas, identity: str, stream_id: str) -> None:
+        try:
+            await quotas.release_stream(identity, stream_id)
+        except BackendUnavailable as exc:  # Redis is down: the lease lapses by itself
+            log.warning("stream lease not released: %s", exc)
 
     async def _renew(self, quotas: Quotas, identity: str, stream_id: str) -> None:
         while True:

@@ -315,6 +315,11 @@ def test_orchestrator_addresses_resolve_to_rendered_services(helm):
     config = by_kind(docs, "ConfigMap")[f"{RELEASE}-glmvoice-orchestrator"]["data"]
 
     def resolves(addr: str) -> bool:
+        if addr.startswith("endpointslices://"):  # a headless Service in this namespace, by port name
+            namespace, _, rest = addr.removeprefix("endpointslices://").partition("/")
+            name, _, port = rest.partition(":")
+            return (namespace == NAMESPACE and name in services and services[name]["spec"].get("clusterIP") == "None"
+                    and port in {p["name"] for p in services[name]["spec"]["ports"]})
         host, port = addr.rsplit(":", 1)
         return host in services and int(port) in {p["port"] for p in services[host]["spec"]["ports"]}
 

@@ -103,12 +103,11 @@ def test_rbac_grants_exactly_the_needed_access(kube_api, helm):
     namespace = "rbac"
     install(kube_api, namespace, template(helm, None, namespace=namespace))
     allowed = {
-        "promoter": [("list", "pods"), ("watch", "endpoints"), ("list", "endpointslices.discovery.k8s.io"),
-                     ("create", "jobs.batch"), ("get", "jobs.batch")],
+        "promoter": [("list", "pods"), ("watch", "endpoints"), ("list", "endpointslices.discovery.k8s.io")],
         "job-submitter": [("create", "jobs.batch"), ("delete", "jobs.batch"), ("watch", "pods")],
     }
     denied = {
-        "promoter": [("delete", "jobs.batch"), ("get", "secrets"), ("create", "pods"), ("patch", "deployments.apps"),
+        "promoter": [("create", "jobs.batch"), ("get", "jobs.batch"), ("delete", "jobs.batch"), ("get", "secrets"), ("create", "pods"), ("patch", "deployments.apps"),
                      ("delete", "pods"), ("update", "configmaps")],
         "job-submitter": [("get", "secrets"), ("list", "endpoints"), ("create", "pods"), ("create", "roles.rbac.authorization.k8s.io")],
         "workload": [("get", "pods"), ("list", "configmaps"), ("create", "jobs.batch")],

@@ -100,6 +100,9 @@ def _env(settings: JobSettings, kind: str, model: str) -> list[dict]:
         selector = (f"app.kubernetes.io/component=triton,app.kubernetes.io/instance={settings.release},"
                     f"app.kubernetes.io/name=glmvoice,glmvoice.io/model={model}")
         env += [{"name": "REDIS_ADDR", "value": settings.redis_addr or f"{settings.prefix}-redis:6379"},
+                # The chart's generated Redis password (redis.auth), as its promote Job template reads it.
+                {"name": "REDIS_PASSWORD", "valueFrom": {"secretKeyRef": {"name": f"{settings.prefix}-redis-auth",
+                                                                          "key": "password"}}},
                 {"name": "GLMVOICE_MODEL_REPOSITORY", "value": f"{MODELS_MOUNT}/repository"},
                 {"name": "GLMVOICE_STORE", "value": STORE_MOUNT},
                 {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
