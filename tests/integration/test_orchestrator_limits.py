@@ -153,6 +153,14 @@ def refusal(address: str, key: str) -> grpc.RpcError:
     return info.value
 
 
+def final_status(stream: LiveStream, timeout: float) -> grpc.RpcError:
+    """Reads the stream until it fails; the status it failed with."""
+    with pytest.raises(grpc.RpcError) as info:
+        while True:
+            stream.next_event(timeout)
+    return info.value
+
+
 def test_one_key_cannot_take_every_slot(limited):
     server, _ = limited
     held = []
@@ -168,14 +176,12 @@ def test_one_key_cannot_take_every_slot(limited):
 
 def test_a_turn_longer_than_the_bound_is_refused_as_it_arrives(limited):
     server, _ = limited
-    time.sleep(0.5)  # the previous test's leases are released when its streams end
+    time.sleep(0.5)  # the previous test's leases are released (in the background) when its streams end
     stream = opened(server.address, KEYS[1])
     try:
         stream.send_audio(frames(np.zeros(16000 * 2, np.float32) + 0.01, 16000, "LINEAR16"))  # 2 s > MAX_TURN_S
-        with pytest.raises(grpc.RpcError) as info:
-            while True:
-                stream.next_event(30)
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "MAX_TURN_S" in info.value.details()
+        failed = final_status(stream, 30)
+        assert failed.code() == grpc.StatusCode.INVALID_ARGUMENT and "MAX_TURN_S" in failed.details()
     finally:
         stream.shutdown()
 
@@ -242,10 +248,8 @@ def test_redis_killed_mid_reply_tells_the_caller_and_recovers(limited):
         assert stream.next_event(60).WhichOneof("event") in ("text_delta", "audio")
         redis.process.kill()
         redis.process.wait()
-        with pytest.raises(grpc.RpcError) as info:
-            while True:
-                stream.next_event(60)
-        assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "not saved" in info.value.details()
+        failed = final_status(stream, 60)
+        assert failed.code() == grpc.StatusCode.UNAVAILABLE and "not saved" in failed.details()
     finally:
         stream.shutdown()
         redis.start()  # same port and directory
