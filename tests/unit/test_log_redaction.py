@@ -12,11 +12,12 @@ def test_access_log_lines_and_messages_lose_their_credentials():
     stream = io.StringIO()
     handler = logging.getLogger().handlers[0]
     handler.setStream(stream)
-    # As the gateway runs uvicorn (log_config=None): its loggers propagate to ours. Earlier tests may have
-    # configured them otherwise.
+    # As the gateway runs uvicorn (log_config=None): its loggers propagate to ours. Earlier tests in the same
+    # process may have configured them otherwise (level, propagation, disabled).
     access = logging.getLogger("uvicorn.access")
     access.setLevel(logging.INFO)
     access.propagate = True
+    access.disabled = False  # a library's dictConfig(disable_existing_loggers=True) may have switched it off
     # uvicorn's access log format, with the path as an argument.
     logging.getLogger("uvicorn.access").info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5", "GET",
                                              "/v1/realtime?model=m&api_key=sk-live-123", "1.1", 101)
