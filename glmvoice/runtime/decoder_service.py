@@ -42,13 +42,17 @@ class DecoderService(ExpiringStreams):
         for stream_id in self.cancelled.expired():
             self.cancelled.forget(stream_id)
         results: list[list[np.ndarray] | Exception] = [[] for _ in items]
-        live: dict[str, int] = {}  # stream id -> item index
-        for index, item in enumerate(items):
+        # Cancels first, whatever their place in the batch: a block of the same stream batched before its
+        # cancel must not reopen the stream (nor be decoded at all, which is what a barge-in pays for).
+        for item in items:
             if item.cancel:
                 self.close(item.stream_id)
                 # The cancel may overtake its stream's first request (the client sent it on a new connection):
                 # remembered, so a START that arrives later does not open a stream nobody will close.
                 self.cancelled.touch(item.stream_id)
+        live: dict[str, int] = {}  # stream id -> item index
+        for index, item in enumerate(items):
+            if item.cancel:
                 continue
             try:
                 self._accept(item)

@@ -74,6 +74,24 @@ def engine_gauges(server) -> dict[str, float]:
     return {m.group(1): float(m.group(2)) for m in re.finditer(r'glmvoice_llm_engine\{state="(\w+)"\} ([0-9.e+-]+)', text)}
 
 
+def token_counters(server) -> dict[str, float]:
+    url = f"http://{server.settings.address}:{server.settings.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    return {m.group(1): float(m.group(2))
+            for m in re.finditer(r'glmvoice_llm_tokens_total\{kind="(\w+)"\} ([0-9.e+-]+)', text)}
+
+
+def counted_since(server, before: dict[str, float], generated: int, timeout_s: float = 10.0) -> dict[str, float]:
+    """Counter increases since `before`, once the adapter has published `generated` new tokens."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = token_counters(server)
+        delta = {kind: now[kind] - before.get(kind, 0.0) for kind in now}
+        if delta.get("generated", 0) >= generated or time.monotonic() > deadline:
+            return delta
+        time.sleep(0.02)
+
+
 def wait_for_gauge(server, state: str, value: float, timeout_s: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -171,9 +189,13 @@ def test_prefix_key_reuses_a_sessions_prefill(triton_server, reference):
         prefill.close()
     assert prefill.finish_reason == "prefilled" and prefill.ids == []
     prompt = history + [5, 6, 7]
+    before = token_counters(triton_server)
     answer = Stream(triton_server.grpc_url).send(prompt, max_new_tokens=6, stop_ids=np.array([-1], np.int64), prefix_key=key)
     try:
         assert answer.final.wait(30) and not answer.errors
     finally:
         answer.close()
     assert answer.ids == generate(model, prompt, 6, params=GREEDY).ids
+    # Triton's /metrics says so: only the 3 new ids were prefilled, the history came from the stored KV.
+    delta = counted_since(triton_server, before, generated=6)
+    assert (delta["prefill"], delta["prefix_reused"], delta["generated"]) == (3, len(history), 6)

@@ -65,3 +65,17 @@ def test_a_cancel_that_overtakes_its_stream_start_keeps_the_stream_closed(tiny_s
     assert service.open_streams == 1
     service.run([DecodeItem("8", [], start=True, end=True, cancel=True)])
     assert service.open_streams == 0
+
+
+def test_a_cancel_batched_after_its_streams_block_drops_the_block_and_others_decode(tiny_speech_decoder):
+    service = DecoderService(DecoderStreams(tiny_speech_decoder))
+    service.run([DecodeItem("a", [1, 2, 3], start=True, end=False), DecodeItem("b", [4, 5], start=True, end=False)])
+    codes = list(range(12))
+    dropped, other, cancel = service.run([
+        DecodeItem("a", codes, start=False, end=False),
+        DecodeItem("b", codes, start=False, end=True),
+        DecodeItem("a", [], start=True, end=True, cancel=True),
+    ])
+    assert isinstance(dropped, UnknownStreamError) and cancel == []
+    assert sum(len(chunk) for chunk in other) > 0
+    assert service.open_streams == 0

@@ -74,11 +74,22 @@ class TritonPythonModel:
             kind=pb_utils.MetricFamily.GAUGE,
         )
         self.gauges = {key: family.Metric(labels={"state": key}) for key in ("active", "queued", "free_slots")}
+        # Token counters: prefill against reused prefix is what session affinity across replicas buys.
+        self.counter_family = counters = pb_utils.MetricFamily(
+            name="glmvoice_llm_tokens_total", description="LM tokens by kind (prefill, prefix_reused, generated)",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
+        self.counters = {key: counters.Metric(labels={"kind": key.removesuffix("_tokens")})
+                         for key in ("prefill_tokens", "prefix_reused_tokens", "generated_tokens")}
+        self.counted = dict.fromkeys(self.counters, 0)
 
     def _update_metrics(self):
         stats = self.engine.stats()
         for key, gauge in self.gauges.items():
             gauge.set(stats[key])
+        for key, counter in self.counters.items():  # Triton counters only increase: add what is new
+            counter.increment(stats[key] - self.counted[key])
+            self.counted[key] = stats[key]
 
     def execute(self, requests):
         for request in requests:

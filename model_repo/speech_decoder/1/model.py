@@ -38,7 +38,8 @@ class TritonPythonModel:
         self.open_streams = self.metric_family.Metric(labels={})
 
     @staticmethod
-    def _item(inputs):
+    def _item(request):
+        inputs = RequestInputs(pb_utils, request)
         return DecodeItem(
             stream_id=str(inputs.scalar("CORRID")),
             codes=inputs.array("CODES").tolist(),
@@ -46,20 +47,24 @@ class TritonPythonModel:
             end=bool(inputs.scalar("END")),
             seed=int(inputs.scalar("SEED", 0)),
             output_rate=inputs.scalar("OUTPUT_RATE"),
-            cancel=bool(inputs.scalar("CANCEL", False)),
+            # A request whose client cancelled its stream (barge-in) cancels the reply: blocks that queued
+            # behind it in the sequence batcher are dropped undecoded, before the explicit CANCEL arrives.
+            cancel=bool(inputs.scalar("CANCEL", False)) or request.is_cancelled(),
         )
 
     def execute(self, requests):
-        items = [self._item(RequestInputs(pb_utils, request)) for request in requests]
-        for request, item, result in zip(requests, items, self.service.run(items)):
-            sender = request.get_response_sender()
-            if isinstance(result, Exception):
-                sender.send(pb_utils.InferenceResponse(error=triton_error(pb_utils, result)), flags=FINAL)
-                continue
-            rate = np.array([[item.output_rate or self.service.sample_rate]], np.int32)
-            for chunk in result:
-                audio = pb_utils.Tensor("AUDIO", chunk.astype(np.float32)[None])
-                sender.send(pb_utils.InferenceResponse([audio, pb_utils.Tensor("SAMPLE_RATE", rate)]))
-            sender.send(flags=FINAL)
-        self.open_streams.set(self.service.open_streams)
+        try:
+            items = [self._item(request) for request in requests]
+            for request, item, result in zip(requests, items, self.service.run(items)):
+                sender = request.get_response_sender()
+                if isinstance(result, Exception):
+                    sender.send(pb_utils.InferenceResponse(error=triton_error(pb_utils, result)), flags=FINAL)
+                    continue
+                rate = np.array([[item.output_rate or self.service.sample_rate]], np.int32)
+                for chunk in result:
+                    audio = pb_utils.Tensor("AUDIO", chunk.astype(np.float32)[None])
+                    sender.send(pb_utils.InferenceResponse([audio, pb_utils.Tensor("SAMPLE_RATE", rate)]))
+                sender.send(flags=FINAL)
+        finally:  # the gauge is what the barge-in check reads; it must not go stale when a batch fails
+            self.open_streams.set(self.service.open_streams)
         return None
