@@ -122,7 +122,9 @@ def run(args: argparse.Namespace) -> int:
     paths = write_report(args.out, records, summary, "glmvoice load test", context, result["capacity"], result["quality"])
     print(json.dumps({t: s["all"] for t, s in summary.items()}, indent=2))
     for item in result["capacity"]:
-        print(f"capacity {item['target']}: {item['capacity']} calls ({item.get('saturated_first', {}).get('stage') or 'not saturated'})")
+        print(f"capacity {item['target']}: {item['capacity']} calls within the TTFA SLO "
+              f"({item.get('saturated_first', {}).get('stage') or 'not saturated'}); "
+              f"{item['realtime_calls']} calls streamed without gaps")
     for item in result["quality"]:
         print(f"quality {item['target']}: {item['same']}/{item['checked']} replies at concurrency {item['concurrency']} equal to alone")
     print(f"report: {paths['html']} (also {paths['markdown'].name}, turns.jsonl, summary.json)")

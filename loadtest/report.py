@@ -134,8 +134,11 @@ def write_report(out: Path, records: list[TurnRecord], summary: dict, title: str
     sections: list[tuple[str, str, object]] = [("Run", "pre", json.dumps(context, indent=2)),
                                                ("Summary per target and level", "table", (COLUMNS, summary_rows(summary)))]
     for result in capacity or []:
-        rows = [[str(s["concurrency"]), "held" if s["passed"] else "failed", s["why"]] for s in result["steps"]]
-        text = f"capacity of {result['target']}: {result['capacity']} concurrent real-time calls (SLO p95 TTFA {result['slo_ms']:.0f} ms, underrun <= 1% of turns)"
+        rows = [[str(s["concurrency"]), "held" if s["passed"] else "streamed, late" if s["streaming"] else "failed", s["why"]]
+                for s in result["steps"]]
+        text = (f"capacity of {result['target']}: {result['capacity']} concurrent real-time calls (SLO p95 TTFA "
+                f"{result['slo_ms']:.0f} ms, underrun <= 1% of turns); streamed without gaps, TTFA aside: "
+                f"{result['realtime_calls']}")
         sections.append((text, "table", (("concurrency", "verdict", "why"), rows)))
         if "saturated_first" in result:
             sections.append(("Saturated first", "pre", json.dumps(result["saturated_first"], indent=2)))
