@@ -41,7 +41,7 @@ def _write(path: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) 
 
 def make_ca(path: Path, name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(_name(name)).issuer_name(_name(name)).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
             .not_valid_after(now + datetime.timedelta(days=1))
@@ -55,7 +55,7 @@ def issue(path: Path, ca: tuple, common_name: str) -> TlsFiles:
     """A leaf for 127.0.0.1 / localhost usable as server and client (the chart's one identity per pod)."""
     ca_key, ca_cert, ca_file = ca
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(_name(common_name)).issuer_name(ca_cert.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(days=1))
@@ -137,3 +137,15 @@ def test_tls_settings_fail_at_start_with_what_is_missing(tmp_path, pki):
     settings = Settings.from_args([], environ)
     assert settings.tls_client_auth and settings.triton_tls and settings.tls.cert_file == pki["server"].cert_file
     assert settings.tls.triton_options()["ssl"] is True
+
+
+def test_the_pods_own_probe_passes_mtls_with_its_files(mtls_orchestrator, pki, monkeypatch):
+    """The chart's exec probe (the kubelet's gRPC probe speaks no TLS): the pod's own certificate gets in."""
+    from services.orchestrator import healthcheck
+
+    monkeypatch.setenv("GRPC_PORT", str(mtls_orchestrator.orchestrator.port))
+    assert healthcheck.main() == 1  # plaintext against the TLS port
+    files = pki["server"]
+    for name, path in (("TLS_CERT_FILE", files.cert_file), ("TLS_KEY_FILE", files.key_file), ("TLS_CA_FILE", files.ca_file)):
+        monkeypatch.setenv(name, str(path))
+    assert healthcheck.main() == 0
