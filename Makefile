@@ -120,7 +120,8 @@ VERSION ?= 0.1.0
 chart: setup chart-tools  ## lint, validate (Kubernetes 1.28 and 1.33) and package the Helm chart
 	build/tools/helm lint --strict charts/glmvoice
 	set -e; for f in charts/glmvoice/ci/*-values.yaml; do for k in 1.28.0 1.33.0; do \
-	  build/tools/helm template $(RELEASE) charts/glmvoice -f $$f --kube-version $$k | .venv/bin/kubernetes-validate --strict --quiet -k $$k -; done; done
+	  build/tools/helm template $(RELEASE) charts/glmvoice -f $$f --kube-version $$k \
+	    --api-versions admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy | .venv/bin/kubernetes-validate --strict --quiet -k $$k -; done; done
 	build/tools/helm package charts/glmvoice -d build/charts
 
 images:  ## the one glmvoice image, CPU and CUDA variants (needs a container engine)

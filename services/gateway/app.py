@@ -155,7 +155,7 @@ def create_app(settings: GatewaySettings, tracer=None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.upstream = Upstream(settings.orchestrator_addr)
+        app.state.upstream = Upstream(settings.orchestrator_addr, settings.tls if settings.orchestrator_tls else None)
         yield
         await app.state.upstream.close()
 

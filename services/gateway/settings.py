@@ -6,6 +6,8 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.tls import TLS_ENVIRONMENT, TlsFiles
+
 
 @dataclass(frozen=True)
 class GatewaySettings:
@@ -18,12 +20,16 @@ class GatewaySettings:
     request_timeout_s: float = 300.0
     # The API keys file the orchestrator reads too: with it, a caller is authenticated before its body is read.
     api_keys_file: Path | None = None
+    # TLS to the orchestrator (ORCHESTRATOR_TLS): trusts TLS_CA_FILE and presents TLS_CERT_FILE for mTLS.
+    orchestrator_tls: bool = False
+    tls: TlsFiles = TlsFiles()
 
     def check(self) -> GatewaySettings:
         if not self.orchestrator_addr:
             raise ValueError("ORCHESTRATOR_ADDR (--orchestrator-addr host:port) is required")
         if self.api_keys_file is not None and not self.api_keys_file.is_file():
             raise ValueError(f"GLMVOICE_API_KEYS_FILE {self.api_keys_file} does not exist")
+        self.tls.check()
         return self
 
     @classmethod
@@ -35,7 +41,12 @@ class GatewaySettings:
         parser.add_argument("--log-level", default=environ.get("LOG_LEVEL", "INFO"))
         parser.add_argument("--otel-endpoint", default=environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""))
         parser.add_argument("--api-keys-file", default=environ.get("GLMVOICE_API_KEYS_FILE") or None)
+        parser.add_argument("--orchestrator-tls", action="store_true",
+                            default=environ.get("ORCHESTRATOR_TLS", "").lower() in ("1", "true", "yes", "on"))
+        for name, env_name in TLS_ENVIRONMENT.items():
+            parser.add_argument(f"--{name.replace('_', '-')}", default=environ.get(env_name) or None)
         args = parser.parse_args(argv)
         keys = Path(args.api_keys_file) if args.api_keys_file else None
+        tls = TlsFiles(*(Path(p) if p else None for p in (args.tls_cert_file, args.tls_key_file, args.tls_ca_file)))
         return cls(args.orchestrator_addr, args.http_port, args.bind_address, args.log_level, args.otel_endpoint,
-                   api_keys_file=keys)
+                   api_keys_file=keys, orchestrator_tls=args.orchestrator_tls, tls=tls)

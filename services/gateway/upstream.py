@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from glmvoice.telemetry import inject_trace
 from glmvoice.v1 import voice_chat_pb2 as pb
 from glmvoice.v1.voice_chat_pb2_grpc import VoiceChatStub
+from services.tls import TlsFiles, secure_channel
 
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -39,9 +40,9 @@ def key_metadata(headers, query=None) -> list[tuple[str, str]]:
 
 
 class Upstream:
-    def __init__(self, addr: str):
+    def __init__(self, addr: str, tls: TlsFiles | None = None):
         self.addr = addr
-        self.channel = grpc.aio.insecure_channel(addr)
+        self.channel = secure_channel(addr, tls)
         self.stub = VoiceChatStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 

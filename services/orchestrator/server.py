@@ -289,7 +289,8 @@ def build_backend(settings: Settings, metrics: Metrics | None = None):
         "speech_decoder": settings.triton_speech_decoder_addr,
     }
     registry = metrics.registry if metrics is not None else None
-    return TritonBackend(addrs, TextTokenizer.from_directory(settings.llm_dir), settings.decoder_block_codes, registry)
+    return TritonBackend(addrs, TextTokenizer.from_directory(settings.llm_dir), settings.decoder_block_codes, registry,
+                         tls=settings.tls if settings.triton_tls else None)
 
 
 class Orchestrator:
@@ -328,7 +329,12 @@ class Orchestrator:
         enable_reflection(self.server, (SERVICE, HEALTH))
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = self.server.add_insecure_port(f"{self.settings.bind_address}:{self.settings.grpc_port}")
+        address = f"{self.settings.bind_address}:{self.settings.grpc_port}"
+        credentials = self.settings.tls.server_credentials(self.settings.tls_client_auth)
+        if credentials is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, credentials)
         await self.server.start()
         await self.warm_up()
         return self.port

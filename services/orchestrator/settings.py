@@ -10,6 +10,8 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.tls import TLS_ENVIRONMENT, TlsFiles
+
 BACKENDS = ("triton", "inprocess", "baseline")  # baseline: the official-style runtime (backends/baseline.py)
 CHECKPOINT_DIRS = {"tokenizer": "glm-4-voice-tokenizer", "llm": "glm-4-voice-9b", "decoder": "glm-4-voice-decoder"}
 
@@ -64,6 +66,17 @@ class Settings:
     quota_streams: int = 8  # live Converse streams per key
     quota_sessions_per_minute: int = 60  # new sessions per key per minute
     quota_audio_s_per_minute: float = 600.0  # seconds of user audio per key per minute
+    # TLS (services/tls.py): the gRPC port serves TLS when a certificate is set, and requires client certificates
+    # signed by tls_ca_file with tls_client_auth (mTLS); triton_tls reaches Triton over TLS with the same files.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
+    tls_client_auth: bool = False
+    triton_tls: bool = False
+
+    @property
+    def tls(self) -> TlsFiles:
+        return TlsFiles(self.tls_cert_file, self.tls_key_file, self.tls_ca_file)
 
     @property
     def llm_dir(self) -> Path:
@@ -98,6 +111,10 @@ class Settings:
             raise SettingsError("MAX_STREAMS must be >= 1")
         if self.redis_ca_file is not None and not self.redis_ca_file.is_file():
             raise SettingsError(f"REDIS_CA_FILE {self.redis_ca_file} does not exist")
+        try:
+            self.tls.check().server_credentials(self.tls_client_auth)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from exc
         for name in ("redis_timeout_s", "max_turn_s", "stream_idle_s", "connection_idle_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{ENVIRONMENT[name]} must be > 0")
@@ -135,8 +152,9 @@ ENVIRONMENT = {
     "redis_ca_file": "REDIS_CA_FILE", "max_turn_s": "MAX_TURN_S", "stream_idle_s": "STREAM_IDLE_S",
     "connection_idle_s": "CONNECTION_IDLE_S", "quota_streams": "QUOTA_STREAMS",
     "quota_sessions_per_minute": "QUOTA_SESSIONS_PER_MINUTE", "quota_audio_s_per_minute": "QUOTA_AUDIO_S_PER_MINUTE",
+    **TLS_ENVIRONMENT, "tls_client_auth": "TLS_CLIENT_AUTH", "triton_tls": "TRITON_TLS",
 }
-PATHS = frozenset({"checkpoints", "tokenizer_dir", "api_keys_file", "redis_ca_file"})
+PATHS = frozenset({"checkpoints", "tokenizer_dir", "api_keys_file", "redis_ca_file", *TLS_ENVIRONMENT})
 
 
 def _parse_bool(raw: str) -> bool:

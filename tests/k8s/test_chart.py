@@ -22,8 +22,10 @@ VALUE_SETS = sorted(p.name for p in (CHART / "ci").glob("*-values.yaml"))
 KUBE_VERSIONS = ["1.28.0", "1.33.0"]
 RELEASE = "rel"
 NAMESPACE = "voice"
-# Kinds outside the core API (Prometheus Operator CRDs): the schemas do not know them.
-CRD_KINDS = {"ServiceMonitor"}
+# Kinds outside the core API (Prometheus Operator and cert-manager CRDs): the schemas do not know them.
+CRD_KINDS = {"ServiceMonitor", "Certificate"}
+# What a 1.30+ cluster serves and `helm template` does not assume: the chart's admission policy needs it.
+API_VERSIONS = ["admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy"]
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job"}
 
 
@@ -44,6 +46,8 @@ def run_helm(helm: Path, *args: str, check: bool = True) -> subprocess.Completed
 def template(helm: Path, values: str | None = None, *sets: str, kube: str = "1.33.0",
              namespace: str = NAMESPACE) -> str:
     args = ["template", RELEASE, str(CHART), "--namespace", namespace, "--kube-version", kube]
+    for api in API_VERSIONS:
+        args += ["--api-versions", api]
     if values:
         args += ["-f", str(CHART / "ci" / values)]
     for s in sets:

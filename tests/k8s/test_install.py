@@ -15,9 +15,12 @@ from tests.k8s.test_chart import RELEASE, helm, template  # noqa: F401  (helm is
 
 pytestmark = pytest.mark.integration
 
-# Newer than 1.20: HPA autoscaling/v2 (1.23), PodDisruptionBudget policy/v1 (1.21), Prometheus CRDs.
+# Newer than 1.20: HPA autoscaling/v2 (1.23), PodDisruptionBudget policy/v1 (1.21), ValidatingAdmissionPolicy
+# admissionregistration.k8s.io/v1 (1.30), Prometheus and cert-manager CRDs.
 NOT_SERVED = {("autoscaling/v2", "HorizontalPodAutoscaler"), ("policy/v1", "PodDisruptionBudget"),
-              ("monitoring.coreos.com/v1", "ServiceMonitor")}
+              ("monitoring.coreos.com/v1", "ServiceMonitor"), ("cert-manager.io/v1", "Certificate"),
+              ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy"),
+              ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding")}
 
 
 def served_kinds(api) -> set[tuple[str, str]]:

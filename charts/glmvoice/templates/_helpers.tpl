@@ -337,3 +337,62 @@ spec:
           {{- end }}
     {{- end }}
 {{- end }}
+
+{{/*
+TLS on the gRPC hops (services/tls.py): one Secret in the cert-manager layout (tls.crt, tls.key, ca.crt),
+mounted in the orchestrator and the gateway. Takes the root context; "glmvoice.tlsEnv" takes {"ctx", "role"}:
+"server" (serves TLS, mTLS with tls.clientAuth) or "client" (dials the orchestrator over TLS).
+*/}}
+{{- define "glmvoice.tlsSecretName" -}}
+{{- default (include "glmvoice.componentName" (dict "ctx" . "component" "grpc-tls")) .Values.tls.secretName }}
+{{- end }}
+
+{{- define "glmvoice.tlsDir" -}}/etc/glmvoice/tls{{- end }}
+
+{{- define "glmvoice.tlsEnv" -}}
+{{- $ctx := .ctx }}
+{{- if $ctx.Values.tls.enabled -}}
+{{- $dir := include "glmvoice.tlsDir" $ctx }}
+- name: TLS_CERT_FILE
+  value: {{ printf "%s/tls.crt" $dir | quote }}
+- name: TLS_KEY_FILE
+  value: {{ printf "%s/tls.key" $dir | quote }}
+- name: TLS_CA_FILE
+  value: {{ printf "%s/ca.crt" $dir | quote }}
+{{- if eq .role "server" }}
+- name: TLS_CLIENT_AUTH
+  value: {{ $ctx.Values.tls.clientAuth | quote }}
+{{- else }}
+- name: ORCHESTRATOR_TLS
+  value: "true"
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "glmvoice.tlsVolume" -}}
+{{- if .Values.tls.enabled -}}
+- name: grpc-tls
+  secret:
+    secretName: {{ include "glmvoice.tlsSecretName" . }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
+
+{{- define "glmvoice.tlsMount" -}}
+{{- if .Values.tls.enabled -}}
+- name: grpc-tls
+  mountPath: {{ include "glmvoice.tlsDir" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* The orchestrator's probe: the kubelet's gRPC probe speaks no TLS, so with TLS the pod checks itself. */}}
+{{- define "glmvoice.orchestratorProbe" -}}
+{{- if .Values.tls.enabled -}}
+exec:
+  command: ["python", "-m", "services.orchestrator.healthcheck"]
+timeoutSeconds: 5
+{{- else -}}
+grpc: {port: {{ .Values.orchestrator.port }}}
+{{- end }}
+{{- end }}

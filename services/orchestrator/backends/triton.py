@@ -26,6 +26,7 @@ from glmvoice.runtime import llm_contract
 from services.orchestrator.backends import STATUS_ERRORS, LMRequest
 from services.orchestrator.errors import BackendUnavailable, DeadlineExceeded, OrchestratorError
 from services.orchestrator.routing import RoutedStream, Router, RoutingMetrics, replica_source
+from services.tls import TlsFiles
 
 MODELS = ("speech_tokenizer", "llm", "speech_decoder")
 # model_repo/speech_tokenizer/config.pbtxt: streams take 16 kHz audio only (the model's own rate).
@@ -249,17 +250,22 @@ class TritonBackend:
     """`addrs`: per model, a replica setting (routing.replica_source): a static list or a Service's EndpointSlices."""
 
     def __init__(self, addrs: dict[str, str], text_tokenizer: TextTokenizer, decoder_block: int,
-                 registry: CollectorRegistry | None = None, kube_config=None):
+                 registry: CollectorRegistry | None = None, kube_config=None, tls: TlsFiles | None = None):
         self.addrs = addrs
         self.decoder_block = decoder_block
         self.text_tokenizer = text_tokenizer
         self.input_rate = TOKENIZER_STREAM_RATE
         self.max_seq_len = 0
         metrics = RoutingMetrics(registry)
+        options = tls.triton_options() if tls is not None else {}
+
+        def connect(addr: str) -> grpcaio.InferenceServerClient:
+            return grpcaio.InferenceServerClient(addr, **options)
+
         self.routers = {}
         for model, value in addrs.items():
             replicas, source = replica_source(model, value, kube_config)
-            self.routers[model] = Router(model, replicas, grpcaio.InferenceServerClient, metrics)
+            self.routers[model] = Router(model, replicas, connect, metrics)
             self.routers[model].source = source
 
     async def _ready_replica(self, model: str) -> grpcaio.InferenceServerClient | None:
