@@ -79,11 +79,8 @@ def converse_wav(
     """Streams a WAV as 20 ms frames to VoiceChat.Converse -> (everything sent back, reply waveform)."""
     import time
 
-    import grpc
-
     from glmvoice.audio import decode, read_wav, resample
     from glmvoice.v1 import voice_chat_pb2 as pb
-    from glmvoice.v1.voice_chat_pb2_grpc import VoiceChatStub
 
     samples, wav_rate = read_wav(audio_path)
     wire = frames(resample(samples, wav_rate, rate), rate, encoding)
@@ -101,11 +98,7 @@ def converse_wav(
         if not server_vad:
             yield pb.ConverseRequest(end_of_turn=pb.EndOfTurn())
 
-    metadata = [("authorization", f"Bearer {api_key}")] if api_key else None
-    transcript = Transcript()
-    with grpc.insecure_channel(addr) as channel:
-        for response in VoiceChatStub(channel).Converse(requests(), metadata=metadata, timeout=timeout):
-            transcript.add(response)
+    transcript = converse(addr, requests(), api_key, timeout)
     return transcript, decode(b"".join(transcript.audio), out_encoding)
 
 
@@ -125,3 +118,95 @@ def summary(transcript: Transcript, reply_seconds: float) -> dict:
         },
         "real_time_factor": None if latency is None else round(latency.real_time_factor, 2),
     }
+
+
+def auth_metadata(api_key: str | None) -> list | None:
+    return [("authorization", f"Bearer {api_key}")] if api_key else None
+
+
+def converse(address: str, requests, api_key: str | None = None, timeout: float = 120.0) -> Transcript:
+    """One Converse stream over `requests` (an iterator of ConverseRequest) -> everything sent back."""
+    import grpc
+
+    from glmvoice.v1.voice_chat_pb2_grpc import VoiceChatStub
+
+    transcript = Transcript()
+    with grpc.insecure_channel(address) as channel:
+        for response in VoiceChatStub(channel).Converse(requests, metadata=auth_metadata(api_key), timeout=timeout):
+            transcript.add(response)
+    return transcript
+
+
+def text_turn(address: str, text: str, session_id: str = "", api_key: str | None = None, max_new_tokens: int = 30,
+              **sampling) -> Transcript:
+    """One typed turn (LINEAR16 16 kHz reply) in a new or an existing session."""
+    from glmvoice.v1 import voice_chat_pb2 as pb
+
+    config = config_request("LINEAR16", 16000, "LINEAR16", 16000, session_id=session_id,
+                            max_new_tokens=max_new_tokens, **sampling)
+    return converse(address, iter([config, pb.ConverseRequest(text=pb.TextTurn(text=text))]), api_key)
+
+
+def get_session(address: str, session_id: str, api_key: str | None = None):
+    import grpc
+
+    from glmvoice.v1 import voice_chat_pb2 as pb
+    from glmvoice.v1.voice_chat_pb2_grpc import VoiceChatStub
+
+    with grpc.insecure_channel(address) as channel:
+        return VoiceChatStub(channel).GetSession(pb.GetSessionRequest(session_id=session_id),
+                                                 metadata=auth_metadata(api_key), timeout=10)
+
+
+class LiveStream:
+    """A Converse stream driven step by step: `send` requests, `next_event` reads responses (reader thread)."""
+
+    def __init__(self, address: str, api_key: str | None = None, timeout: float = 120.0):
+        import queue
+        import threading
+
+        import grpc
+
+        from glmvoice.v1.voice_chat_pb2_grpc import VoiceChatStub
+
+        self.channel = grpc.insecure_channel(address)
+        self.outgoing: queue.Queue = queue.Queue()
+        self.incoming: queue.Queue = queue.Queue()
+        self.call = VoiceChatStub(self.channel).Converse(iter(self.outgoing.get, None),
+                                                         metadata=auth_metadata(api_key), timeout=timeout)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        import grpc
+
+        try:
+            for response in self.call:
+                self.incoming.put(response)
+        except grpc.RpcError as exc:
+            self.incoming.put(exc)
+        self.incoming.put(None)
+
+    def send(self, request) -> None:
+        self.outgoing.put(request)
+
+    def send_audio(self, wire: list[bytes]) -> None:
+        from glmvoice.v1 import voice_chat_pb2 as pb
+
+        for frame in wire:
+            self.send(pb.ConverseRequest(audio=pb.AudioChunk(data=frame)))
+
+    def close(self) -> None:
+        self.outgoing.put(None)
+
+    def next_event(self, timeout: float = 60.0):
+        """The next response; raises the stream's grpc.RpcError if it failed."""
+        import grpc
+
+        item = self.incoming.get(timeout=timeout)
+        if isinstance(item, grpc.RpcError):
+            raise item
+        return item
+
+    def shutdown(self) -> None:
+        self.call.cancel()
+        self.channel.close()

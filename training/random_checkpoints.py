@@ -1,5 +1,5 @@
-"""Random tiny LM checkpoints in the published layout, for tests and benchmarks (timing and parity do not
-depend on trained weights). Trained tiny checkpoints come from training.tiny."""
+"""Random tiny checkpoints of the three networks in the published layouts, for tests and benchmarks (timing
+and parity do not depend on trained weights). Trained tiny checkpoints come from training.tiny."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import torch
 
 from glmvoice.models.llm import GLMConfig, Transformer, pad_vocab
 from glmvoice.models.llm_checkpoint import save_llm
+from glmvoice.models.speech_decoder import DecoderConfig, build_speech_decoder, save_speech_decoder
+from glmvoice.models.speech_tokenizer import SpeechTokenizerConfig, SpeechTokenizerModel
+from glmvoice.models.speech_tokenizer_checkpoint import save_speech_tokenizer
 from training.bpe_tokenizer import TINY_TOKENIZER, build_tiny_tokenizer
 
 
@@ -34,3 +37,16 @@ def write_tiny_checkpoint(directory: str | Path, seed: int = 0, init_std: float 
     save_llm(model, directory, max_shard_bytes=total // 3 + 1, tokenizer=tokenizer)
     return directory
 
+
+
+def write_tiny_speech_tokenizer(directory: str | Path, seed: int = 0) -> Path:
+    """A random tiny speech tokenizer: config.json, preprocessor_config.json and model.safetensors."""
+    model = SpeechTokenizerModel(SpeechTokenizerConfig.from_name("tiny"))
+    model.init_random_weights(torch.Generator().manual_seed(seed))
+    save_speech_tokenizer(model, Path(directory))
+    return Path(directory)
+
+
+def write_tiny_speech_decoder(directory: str | Path, seed: int = 0) -> Path:
+    """A random tiny speech decoder: config.yaml (HyperPyYAML tags), flow.pt and hift.pt."""
+    return save_speech_decoder(build_speech_decoder(DecoderConfig.from_name("tiny"), seed=seed), Path(directory))

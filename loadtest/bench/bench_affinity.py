@@ -5,13 +5,14 @@ and the orchestrator with TRITON_LLM_ADDR listing the replicas. Every session sa
 greedy sampling, so a session's answer to turn k is the same wherever it runs.
 
 Prints:
-1. prefill of turn 5 / turn 1 per session, with affinity (rendezvous on the session id) and without (a random
-   replica per turn, what a per-connection Service gives). Where each turn ran is measured (the replica of each
-   LM request, checked against each Triton's own request counter). Prefill ids per turn follow from it with
-   the engine's prefix rule: a replica that served the session before holds at least that earlier prompt, so
-   it prefills at most the rest (an upper bound: the kept completion is not subtracted). The `llm` model
-   exports no prefill counter to Triton's /metrics yet. The measured prefill time of the same turns
-   (TurnEnded.latency.prefill_ms, median) is printed beside it.
+1. prefill of turn 5 / turn 1, with affinity (rendezvous on the session id) and without (a random replica per
+   turn, what a per-connection Service gives). Measured: turn k of every session runs as one phase, and the
+   ids prefilled in it are the rise of glmvoice_llm_tokens_total{kind="prefill"} summed over the replicas'
+   /metrics (read once they settle). Phases rather than one turn at a time keep the load of 4 concurrent
+   sessions; every session's turn 1 is the same prompt, so the ratio of phase totals is the mean of the
+   per-session ratios. Beside it: how many turns ran on the previous turn's replica (each LM request's
+   replica, checked against each Triton's own request counter) and the median prefill time the server
+   reports (TurnEnded.latency.prefill_ms) for turns 1 and 5.
 2. one replica SIGKILLed while turns run on it: time until those turns end UNAVAILABLE, whether each affected
    session's next turn succeeds elsewhere with the same answer as the other sessions, and whether Redis kept
    every finished turn.
@@ -20,7 +21,7 @@ Prints:
    decoder and tokenizer streams held on Triton return to 0.
 
 Scaled for a shared 2-core machine: 12 sessions x 5 turns of at most 8 new tokens, 4 sessions at a time.
-Run: `.venv/bin/python loadtest/bench/bench_affinity.py`
+Run: `OMP_NUM_THREADS=1 .venv/bin/python -m loadtest.bench.bench_affinity`
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import os
 import random
 import signal
 import statistics
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -38,19 +38,16 @@ from pathlib import Path
 
 import grpc
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from glmvoice.client import config_request  # noqa: E402
-from glmvoice.v1 import voice_chat_pb2 as pb  # noqa: E402
-from services.local_stack import RedisServer  # noqa: E402
-from services.orchestrator.server import OrchestratorThread  # noqa: E402
-from services.orchestrator.settings import Settings  # noqa: E402
-from services.triton.repository import build_repository  # noqa: E402
-from tests.fixtures.replicas import metric, start_replica  # noqa: E402
-from tests.fixtures.speech_decoder import build_tiny_speech_decoder_dir  # noqa: E402
-from tests.fixtures.speech_tokenizer import build_tiny_speech_tokenizer_dir  # noqa: E402
-from tests.integration.test_orchestrator import LiveStream, clip_frames, get_session, text_turn  # noqa: E402
-from training.random_checkpoints import write_tiny_checkpoint  # noqa: E402
+from glmvoice import client
+from glmvoice.client import LiveStream, config_request, frames
+from glmvoice.v1 import voice_chat_pb2 as pb
+from loadtest.bench.random_tiny import write_random_tiny
+from loadtest.speech import RATE, of_length
+from services.local_stack import RedisServer
+from services.orchestrator.server import OrchestratorThread
+from services.orchestrator.settings import Settings
+from services.triton.replicas import metric, start_replica
+from services.triton.repository import build_repository
 
 SESSIONS, TURNS, NEW_TOKENS, CONCURRENCY, BARGE_INS = 12, 5, 8, 4, 16
 TEXTS = [f"question number {k}: and what happens next?" for k in range(TURNS)]
@@ -58,12 +55,8 @@ KEY = "bench-key"
 GREEDY = dict(temperature=0.0, seed=7)
 
 
-def auth():
-    return [("authorization", f"Bearer {KEY}")]
-
-
 class Placements:
-    """Wraps the backend's generate: per session, (prompt length, the routed stream) of every LM request."""
+    """Wraps the backend's generate: per session, the routed stream of every LM request (its replica)."""
 
     def __init__(self, backend):
         self.by_session: dict[str, list] = defaultdict(list)
@@ -71,42 +64,47 @@ class Placements:
 
         def generate(request, headers=None):
             stream = original(request, headers)
-            self.by_session[request.prefix_key].append((len(request.prompt_ids), stream))
+            self.by_session[request.prefix_key].append(stream)
             return stream
 
         backend.generate = generate
 
     def replicas(self, session_id: str) -> list[str]:
-        return [stream.addr for _, stream in self.by_session[session_id]]
+        return [stream.addr for stream in self.by_session[session_id]]
 
 
 def turn(orch, text: str, session_id: str = "", max_new_tokens: int = NEW_TOKENS):
-    return text_turn(orch.address, text, session_id=session_id, key=KEY, max_new_tokens=max_new_tokens)
+    return client.text_turn(orch.address, text, session_id=session_id, api_key=KEY, max_new_tokens=max_new_tokens, **GREEDY)
 
 
-def run_sessions(orch, sessions: int = SESSIONS) -> dict[str, list]:
-    """`sessions` x TURNS text turns, CONCURRENCY at a time -> session id -> its transcripts."""
+def settled(read):
+    """`read()` once two reads 0.2 s apart agree: the llm model refreshes its counters every 50 ms."""
+    last = read()
+    while True:
+        time.sleep(0.2)
+        now = read()
+        if now == last:
+            return now
+        last = now
 
-    def session(_):
-        sid, transcripts = "", []
-        for text in TEXTS:
-            transcripts.append(turn(orch, text, sid))
-            sid = transcripts[-1].session_id
-        return sid, transcripts
 
+def prefill_tokens(llms) -> dict[str, float]:
+    return {s.grpc_url: metric(s, "glmvoice_llm_tokens_total", kind="prefill") for s in llms}
+
+
+def run_sessions(orch, llms=(), sessions: int = SESSIONS) -> tuple[dict[str, list], list[float]]:
+    """`sessions` x TURNS text turns, turn k of every session as one phase (CONCURRENCY at a time) -> (session
+    id -> its transcripts, ids prefilled per phase summed over the replicas in `llms`, read from their counters)."""
+    sids, transcripts, prefilled = [""] * sessions, [[] for _ in range(sessions)], []
     with ThreadPoolExecutor(CONCURRENCY) as pool:
-        return dict(pool.map(session, range(sessions)))
-
-
-def prefill_ids(requests: list[tuple[int, object]]) -> list[int]:
-    """Upper bound of the ids each turn prefilled: its prompt minus the longest earlier prompt of this session
-    that its replica served (the engine keeps a session's last KV per replica and reuses the common prefix)."""
-    held: dict[str, int] = {}
-    out = []
-    for length, stream in requests:
-        out.append(length - min(held.get(stream.addr, 0), length))
-        held[stream.addr] = length
-    return out
+        for text in TEXTS:
+            before = settled(lambda: prefill_tokens(llms))
+            for index, transcript in enumerate(pool.map(turn, [orch] * sessions, [text] * sessions, sids)):
+                transcripts[index].append(transcript)
+                sids[index] = transcript.session_id
+            after = settled(lambda: prefill_tokens(llms))
+            prefilled.append(sum(after[url] - before[url] for url in after))
+    return dict(zip(sids, transcripts)), prefilled
 
 
 def counts(llms) -> dict[str, float]:
@@ -120,7 +118,7 @@ def report_affinity(orch, placements: Placements, llms) -> None:
         if order is None:  # a random replica per request, as per-connection balancing gives
             router.order = lambda key: random.sample(sorted(router.replicas.snapshot()), len(router.replicas.snapshot()))
         before = counts(llms)
-        sessions = run_sessions(orch)
+        sessions, prefilled = run_sessions(orch, llms)
         after = counts(llms)
         router.order = rendezvous
         served = defaultdict(int)
@@ -128,29 +126,28 @@ def report_affinity(orch, placements: Placements, llms) -> None:
             for addr in placements.replicas(sid):
                 served[addr] += 1
         assert all(after[a] - before[a] == served[a] for a in after), (before, after, dict(served))
-        ratios, ms_first, ms_last, same = [], [], [], 0
-        for sid, transcripts in sessions.items():
-            ids = prefill_ids(placements.by_session[sid])
-            ratios.append(ids[-1] / ids[0])
-            ms_first.append(transcripts[0].turns[0].latency.prefill_ms)
-            ms_last.append(transcripts[-1].turns[0].latency.prefill_ms)
+        ms_first = [t[0].turns[0].latency.prefill_ms for t in sessions.values()]
+        ms_last = [t[-1].turns[0].latency.prefill_ms for t in sessions.values()]
+        same = 0
+        for sid in sessions:
             replicas = placements.replicas(sid)
             same += sum(a == b for a, b in zip(replicas, replicas[1:]))
-        print(f"{label}: prefill ids turn {TURNS} / turn 1 per session: median {statistics.median(ratios):.2f}, "
-              f"mean {statistics.mean(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f}); turns on the previous turn's replica "
-              f"{same}/{len(sessions) * (TURNS - 1)}; prefill ms turn 1 {statistics.median(ms_first):.1f}, "
-              f"turn {TURNS} {statistics.median(ms_last):.1f} (median); requests per replica {dict(served)}")
+        print(f"{label}: prefill ids turn {TURNS} / turn 1 (measured, glmvoice_llm_tokens_total, all {len(sessions)} "
+              f"sessions) {prefilled[-1] / prefilled[0]:.2f}; prefill ids per turn {[int(p) for p in prefilled]}; "
+              f"turns on the previous turn's replica {same}/{len(sessions) * (TURNS - 1)}; prefill ms turn 1 "
+              f"{statistics.median(ms_first):.1f}, turn {TURNS} {statistics.median(ms_last):.1f} (median); "
+              f"requests per replica {dict(served)}")
 
 
 def report_failover(orch, placements: Placements, llms) -> None:
     router = orch.orchestrator.backend.routers["llm"]
     victim = llms[0]
-    sessions = run_sessions(orch)  # finished turns, all replicas
+    sessions, _ = run_sessions(orch)  # finished turns, all replicas
     reference = next(iter(sessions.values()))
     hit = [sid for sid in sessions if router.order(sid)[0] == victim.grpc_url]
     streams = []
     for sid in hit:  # one more long turn each, in flight on the victim when it dies
-        stream = LiveStream(orch.address, key=KEY)
+        stream = LiveStream(orch.address, api_key=KEY)
         stream.send(config_request("LINEAR16", 16000, "LINEAR16", 16000, session_id=sid, max_new_tokens=2000, **GREEDY))
         stream.next_event()
         stream.send(pb.ConverseRequest(text=pb.TextTurn(text="a long answer please")))
@@ -182,7 +179,7 @@ def report_failover(orch, placements: Placements, llms) -> None:
         extra[sid] = 1
         same_answer += turn(orch, TEXTS[0], sid).turns[0].text == expected
     compared = sum(1 for end, _ in ends if end != "completed")
-    kept = all(len(get_session(orch.address, sid, key=KEY).turns) == 2 * (TURNS + extra.get(sid, 0)) for sid in sessions)
+    kept = all(len(client.get_session(orch.address, sid, api_key=KEY).turns) == 2 * (TURNS + extra.get(sid, 0)) for sid in sessions)
     reroutes = orch.orchestrator.metrics.registry.get_sample_value("glmvoice_reroutes_total", {"network": "llm"})
     print(f"replica SIGKILLed with {len(hit)} turns in flight on it: ended {sorted({e for e, _ in ends})} "
           f"within {max(t for _, t in ends):.2f} s (max); next turns of the affected sessions succeeded "
@@ -195,7 +192,7 @@ def report_scale_out(orch, llms, repo, work, servers) -> None:
     router = orch.orchestrator.backend.routers["llm"]
     live = [s for s in llms if s.process.poll() is None]
     router.replicas.set(s.grpc_url for s in live)  # the dead replica leaves the table (as its endpoint would)
-    sessions = list(run_sessions(orch))
+    sessions = list(run_sessions(orch)[0])
     before = {sid: router.order(sid)[0] for sid in sessions}
     added = start_replica(repo, ("llm",), work)
     servers.append(added)
@@ -217,7 +214,7 @@ def report_barge_ins(orch, speech) -> None:
             time.sleep(0.02)
         return value, time.monotonic() - start
 
-    streams = [LiveStream(orch.address, key=KEY) for _ in range(BARGE_INS)]
+    streams = [LiveStream(orch.address, api_key=KEY) for _ in range(BARGE_INS)]
     try:
         for stream in streams:
             stream.send(config_request("LINEAR16", 16000, "LINEAR16", 16000, max_new_tokens=400, **GREEDY))
@@ -230,7 +227,7 @@ def report_barge_ins(orch, speech) -> None:
         for stream in streams:
             stream.send(pb.ConverseRequest(cancel=pb.Cancel()))
         decoder, decoder_s = wait("glmvoice_speech_decoder_open_streams", lambda v: v == 0)
-        audio = clip_frames("LINEAR16", 16000)[:40]
+        audio = frames(of_length(0.8).audio, RATE, "LINEAR16")  # 40 frames of real speech
         for stream in streams:  # each user starts speaking, then goes away mid-sentence
             stream.send_audio(audio)
         speaking, _ = wait("glmvoice_speech_tokenizer_open_streams", lambda v: v >= BARGE_INS / 2)
@@ -249,11 +246,9 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     work = Path(tempfile.mkdtemp(prefix="bench-affinity-"))
     checkpoints = work / "checkpoints"
-    dirs = {
-        "speech_tokenizer": build_tiny_speech_tokenizer_dir(checkpoints / "glm-4-voice-tokenizer"),
-        "llm": write_tiny_checkpoint(checkpoints / "glm-4-voice-9b", seed=1234),
-        "speech_decoder": build_tiny_speech_decoder_dir(checkpoints / "glm-4-voice-decoder"),
-    }
+    write_random_tiny(checkpoints, seed=1234)
+    dirs = {"speech_tokenizer": checkpoints / "glm-4-voice-tokenizer", "llm": checkpoints / "glm-4-voice-9b",
+            "speech_decoder": checkpoints / "glm-4-voice-decoder"}
     repo = build_repository(work / "repo", dirs, device="cpu")
     (work / "keys").write_text(KEY + "\n")
     servers, redis, orch = [], RedisServer(work / "redis").start(), None

@@ -10,20 +10,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
-from glmvoice.models.speech_decoder import DecoderConfig, build_speech_decoder, save_speech_decoder
-from glmvoice.models.speech_tokenizer import SpeechTokenizerConfig, SpeechTokenizerModel
-from glmvoice.models.speech_tokenizer_checkpoint import save_speech_tokenizer
-from training.random_checkpoints import write_tiny_checkpoint
+from training.random_checkpoints import write_tiny_checkpoint, write_tiny_speech_decoder, write_tiny_speech_tokenizer
 
 
 def write_random_tiny(out: Path, seed: int = 0) -> Path:
     out = Path(out)
-    tokenizer = SpeechTokenizerModel(SpeechTokenizerConfig.from_name("tiny"))
-    tokenizer.init_random_weights(torch.Generator().manual_seed(seed))
-    save_speech_tokenizer(tokenizer, out / "glm-4-voice-tokenizer")
-    save_speech_decoder(build_speech_decoder(DecoderConfig.from_name("tiny"), seed=seed), out / "glm-4-voice-decoder")
+    write_tiny_speech_tokenizer(out / "glm-4-voice-tokenizer", seed=seed)
+    write_tiny_speech_decoder(out / "glm-4-voice-decoder", seed=seed)
     write_tiny_checkpoint(out / "glm-4-voice-9b", seed=seed)
     return out
 

@@ -6,8 +6,6 @@ text deltas, audio and TurnEnded, what the history keeps), and the Triton path a
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from glmvoice import client
 from glmvoice.audio import decode, read_wav, resample
 from glmvoice.client import Transcript, config_request, frames
 from glmvoice.v1 import voice_chat_pb2 as pb
@@ -54,60 +53,22 @@ def audio_requests(config, wire: list[bytes], end_of_turn: bool = False):
 
 
 def converse(address: str, requests, key: str = KEYS[0], timeout: float = 120.0) -> Transcript:
-    transcript = Transcript()
-    with grpc.insecure_channel(address) as channel:
-        for response in VoiceChatStub(channel).Converse(requests, metadata=auth(key), timeout=timeout):
-            transcript.add(response)
-    return transcript
+    return client.converse(address, requests, api_key=key, timeout=timeout)
 
 
 def text_turn(address: str, text: str, session_id: str = "", key: str = KEYS[0], max_new_tokens: int = 30) -> Transcript:
-    config = config_request("LINEAR16", 16000, "LINEAR16", 16000, session_id=session_id, max_new_tokens=max_new_tokens, **GREEDY)
-    return converse(address, iter([config, pb.ConverseRequest(text=pb.TextTurn(text=text))]), key)
+    return client.text_turn(address, text, session_id=session_id, api_key=key, max_new_tokens=max_new_tokens, **GREEDY)
 
 
 def get_session(address: str, session_id: str, key: str = KEYS[0]) -> pb.Session:
-    with grpc.insecure_channel(address) as channel:
-        return VoiceChatStub(channel).GetSession(pb.GetSessionRequest(session_id=session_id), metadata=auth(key), timeout=10)
+    return client.get_session(address, session_id, api_key=key)
 
 
-class LiveStream:
-    """A Converse stream driven step by step: `send` requests, `next_event` reads responses (reader thread)."""
+class LiveStream(client.LiveStream):
+    """glmvoice.client.LiveStream under the first test key unless told otherwise."""
 
     def __init__(self, address: str, key: str = KEYS[0], timeout: float = 120.0):
-        self.channel = grpc.insecure_channel(address)
-        self.outgoing: queue.Queue = queue.Queue()
-        self.incoming: queue.Queue = queue.Queue()
-        self.call = VoiceChatStub(self.channel).Converse(iter(self.outgoing.get, None), metadata=auth(key), timeout=timeout)
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        try:
-            for response in self.call:
-                self.incoming.put(response)
-        except grpc.RpcError as exc:
-            self.incoming.put(exc)
-        self.incoming.put(None)
-
-    def send(self, request) -> None:
-        self.outgoing.put(request)
-
-    def send_audio(self, wire: list[bytes]) -> None:
-        for frame in wire:
-            self.send(pb.ConverseRequest(audio=pb.AudioChunk(data=frame)))
-
-    def close(self) -> None:
-        self.outgoing.put(None)
-
-    def next_event(self, timeout: float = 60.0):
-        item = self.incoming.get(timeout=timeout)
-        if isinstance(item, grpc.RpcError):
-            raise item
-        return item
-
-    def shutdown(self) -> None:
-        self.call.cancel()
-        self.channel.close()
+        super().__init__(address, api_key=key, timeout=timeout)
 
 
 def status_of(call) -> tuple[grpc.StatusCode, str]:
