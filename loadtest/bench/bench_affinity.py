@@ -26,8 +26,10 @@ Run: `OMP_NUM_THREADS=1 .venv/bin/python -m loadtest.bench.bench_affinity`
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
+import shutil
 import signal
 import statistics
 import tempfile
@@ -242,7 +244,15 @@ def report_barge_ins(orch, speech) -> None:
           f"clients went away (idle timeout otherwise: 60 s)")
 
 
+PHASES = ("affinity", "failover", "scale-out", "barge-ins")
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated, from {','.join(PHASES)}")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (Triton logs) afterwards")
+    args = parser.parse_args()
+    phases = set(args.phases.split(","))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     work = Path(tempfile.mkdtemp(prefix="bench-affinity-"))
     checkpoints = work / "checkpoints"
@@ -267,16 +277,24 @@ def main() -> None:
         orch = OrchestratorThread.start(settings)
         placements = Placements(orch.orchestrator.backend)
         turn(orch, "warm up")
-        report_affinity(orch, placements, llms)
-        report_failover(orch, placements, llms)
-        report_scale_out(orch, llms, repo, work, servers)
-        report_barge_ins(orch, speech)
+        if "affinity" in phases:
+            report_affinity(orch, placements, llms)
+        if "failover" in phases:
+            report_failover(orch, placements, llms)
+        if "scale-out" in phases:
+            report_scale_out(orch, llms, repo, work, servers)
+        if "barge-ins" in phases:
+            report_barge_ins(orch, speech)
     finally:
         if orch is not None:
             orch.stop()
         for server in servers:
             server.stop()
         redis.stop()
+        if args.keep:
+            print(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -40,8 +40,9 @@ class TritonPythonModel:
     @staticmethod
     def _item(request):
         inputs = RequestInputs(pb_utils, request)
+        release = inputs.scalar("CANCEL_CORRID")
         return DecodeItem(
-            stream_id=str(inputs.scalar("CORRID")),
+            stream_id=str(inputs.scalar("CORRID") if release is None else release),
             codes=inputs.array("CODES").tolist(),
             start=bool(inputs.scalar("START")),
             end=bool(inputs.scalar("END")),
@@ -49,7 +50,7 @@ class TritonPythonModel:
             output_rate=inputs.scalar("OUTPUT_RATE"),
             # A request whose client cancelled its stream (barge-in) cancels the reply: blocks that queued
             # behind it in the sequence batcher are dropped undecoded, before the explicit CANCEL arrives.
-            cancel=bool(inputs.scalar("CANCEL", False)) or request.is_cancelled(),
+            cancel=bool(inputs.scalar("CANCEL", False)) or release is not None or request.is_cancelled(),
         )
 
     def execute(self, requests):

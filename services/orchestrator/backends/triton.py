@@ -222,15 +222,16 @@ _RELEASES: set[asyncio.Task] = set()  # release calls in flight (a task needs a 
 
 def release_sequence(client: grpcaio.InferenceServerClient, model: str, corrid: int,
                      headers: dict[str, str] | None) -> None:
-    """Ends a decoupled sequence with CANCEL on its own short stream (the reply's stream is already cancelled),
-    in the background: the caller does not wait, and the request is not cancelled if the replica is slow.
-    Best effort: a replica that is gone has nothing left to free."""
+    """Drops a reply's decoder stream (its own stream is already cancelled) with a CANCEL on a fresh sequence
+    that names the reply's CORRID, in the background: the caller does not wait, and the request is not
+    cancelled if the replica is slow. A fresh sequence, because Triton still holds the reply's: a START on
+    the same CORRID conflicts with it and waits behind it. Best effort: a replica that is gone has nothing
+    left to free."""
 
     async def request():
-        inputs = [_tensor("CODES", np.zeros((1, 0), np.int64)), _tensor("CANCEL", np.array([[True]]))]
-        # START too: once the reply's stream was cancelled Triton may have dropped the sequence, and would
-        # refuse a continuation; the model drops the stream's state either way.
-        yield {"model_name": model, "inputs": inputs, "sequence_id": corrid, "sequence_start": True,
+        inputs = [_tensor("CODES", np.zeros((1, 0), np.int64)), _tensor("CANCEL", np.array([[True]])),
+                  _tensor("CANCEL_CORRID", np.array([[corrid]], np.uint64))]
+        yield {"model_name": model, "inputs": inputs, "sequence_id": _corrid(), "sequence_start": True,
                "sequence_end": True, "parameters": EMPTY_FINAL}
 
     async def until_final():
