@@ -96,7 +96,7 @@ mutate: setup  ## mutation testing (mutmut) of the critical modules: score and s
 LOADTEST_ARGS ?=
 bench: tiny  ## the ratios the project is held to (one run each), then the per-network benchmarks (loadtest/bench)
 	$(PY) -m loadtest.bench.ratios --checkpoints $(CKPT)
-	@set -e; for b in decoder_stream speech_tokenizer llm_engine triton_cost; do \
+	@set -e; for b in decoder_stream speech_tokenizer llm_engine triton_cost bench_affinity; do \
 	  echo "== loadtest.bench.$$b"; $(PY) -m loadtest.bench.$$b; done
 
 loadtest: tiny  ## a local stack (tiny checkpoints) under 8 sessions x 3 turns, ours vs baseline; report in build/loadtest
