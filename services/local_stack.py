@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from glmvoice.client import STACK_FILE as STATE
+from glmvoice.client import STACK_FILE
 from services.orchestrator.settings import CHECKPOINT_DIRS
 
 MODELS = {"speech_tokenizer": "tokenizer", "llm": "llm", "speech_decoder": "decoder"}
@@ -103,14 +103,14 @@ def build_model_repository(checkpoints: Path, repository: Path) -> Path:
     return build_repository(repository, dirs, device="auto")
 
 
-def start_triton(repository: Path, log_path: Path, timeout_s: float = 300.0):
+def start_triton(repository: Path, log_path: Path, timeout_s: float = 300.0, detach: bool = False):
     from services.triton.launcher import TritonServer, TritonSettings
 
     settings = TritonSettings(
         model_repository=repository, models=tuple(MODELS), grpc_port=free_port(), http_port=free_port(),
         metrics_port=free_port(),
     )
-    return TritonServer(settings, log_path=log_path).start(ready_timeout_s=timeout_s)
+    return TritonServer(settings, log_path=log_path).start(ready_timeout_s=timeout_s, detach=detach)
 
 
 def orchestrator_env(redis_addr: str, triton_addr: str, checkpoints: Path, grpc_port: int, metrics_port: int) -> dict:
@@ -139,20 +139,44 @@ def wait_for_health(addr: str, timeout_s: float) -> None:
 
 
 def alive(pid: int) -> bool:
+    """The process runs (a zombie nobody reaped yet does not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return True
+
+
+def process_groups() -> dict[int, list[int]]:
+    """Live processes by process group, from /proc (zombies, which hold no memory, are left out)."""
+    groups: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if fields[0] != "Z":  # fields: state, ppid, pgrp, ...
+            groups.setdefault(int(fields[2]), []).append(int(entry.name))
+    return groups
+
+
+def stack_processes(state: dict) -> dict[str, list[int]]:
+    """Every live process of the stack `up` started, by the component whose process group it is in
+    (Triton's group holds its python backend stubs)."""
+    groups = process_groups()
+    return {name: sorted(groups.get(pid, [])) for name, pid in state["pids"].items()}
+
+
+def state_file() -> Path:
+    return Path(os.environ.get("GLMVOICE_STACK_FILE", STACK_FILE))
 
 
 def running() -> dict | None:
     """The stack `up` started, if its processes still run; a stale state file (after a reboot) is removed."""
-    if not STATE.exists():
+    if not state_file().exists():
         return None
-    state = json.loads(STATE.read_text())
+    state = json.loads(state_file().read_text())
     if all(alive(pid) for pid in state["pids"].values()):
         return state
     down()
@@ -164,7 +188,7 @@ def up(checkpoints: Path, workdir: Path) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     redis = RedisServer(workdir / "redis").start(detach=True)
     repository = build_model_repository(checkpoints, workdir / "model_repository")
-    triton = start_triton(repository, workdir / "tritonserver.log")
+    triton = start_triton(repository, workdir / "tritonserver.log", detach=True)
     port, metrics_port = free_port(), free_port()
     env = {**os.environ, **orchestrator_env(redis.addr, triton.grpc_url, checkpoints, port, metrics_port)}
     orchestrator = subprocess.Popen(
@@ -185,28 +209,35 @@ def up(checkpoints: Path, workdir: Path) -> dict:
         "realtime": f"ws://127.0.0.1:{http_port}/v1/realtime", "triton": triton.grpc_url, "redis": redis.addr,
         "trained_missing_checkpoints": built,
     }
-    STATE.parent.mkdir(parents=True, exist_ok=True)
-    STATE.write_text(json.dumps(state, indent=2))
+    state_file().parent.mkdir(parents=True, exist_ok=True)
+    state_file().write_text(json.dumps(state, indent=2))
     wait_for_health(state["orchestrator"], 120)
     return state
 
 
-def down() -> dict:
-    if not STATE.exists():
-        return {"stopped": []}
-    state = json.loads(STATE.read_text())
-    stopped = []
-    for name, pid in state["pids"].items():  # front to back: each drains its streams before what it calls stops
+def down(grace_s: float = 20.0) -> dict:
+    """SIGTERM to each process, front to back (each drains its streams before what it calls stops), then
+    SIGKILL to whatever is left of its process group: every process `up` starts leads a session of its own,
+    and Triton's python backend stubs ignore SIGTERM, so a stub a server left behind is reached this way."""
+    if not state_file().exists():
+        return {"stopped": [], "killed": []}
+    state = json.loads(state_file().read_text())
+    stopped, killed = [], []
+    for name, pid in state["pids"].items():
         try:
             os.kill(pid, signal.SIGTERM)
             stopped.append(name)
         except ProcessLookupError:
-            continue
-        deadline = time.monotonic() + 20
+            pass
+        deadline = time.monotonic() + grace_s
         while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-    STATE.unlink()
-    return {"stopped": stopped}
+        left = process_groups().get(pid, [])  # the group of the session `up` made: pgid == the leader's pid
+        if left:
+            os.killpg(pid, signal.SIGKILL)
+            killed.append({name: left})
+    state_file().unlink()
+    return {"stopped": stopped, "killed": killed}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,14 +253,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     state = running()
     if state is not None:
-        print(f"the stack is already up (`make down` stops it); its addresses are in {STATE}:")
+        print(f"the stack is already up (`make down` stops it); its addresses are in {state_file()}:")
     else:
         try:
             state = up(args.checkpoints, args.workdir)
         except (RuntimeError, subprocess.CalledProcessError) as exc:
             print(f"make up: {exc}", file=sys.stderr)
             return 2
-        print(f"the stack is up; its addresses are in {STATE} (where `glmvoice chat` finds them):")
+        print(f"the stack is up; its addresses are in {state_file()} (where `glmvoice chat` finds them):")
     for name in ("gateway", "realtime", "orchestrator", "metrics", "triton", "redis"):
         print(f"  {name:<13} {state[name]}")
     return 0

@@ -25,6 +25,7 @@ from glmvoice.v1 import common_pb2
 from glmvoice.v1 import voice_chat_pb2 as pb
 from services.orchestrator import events as ev
 from services.orchestrator.auth import ANONYMOUS, ApiKeys
+from services.orchestrator.backends import CALLER_DEADLINE
 from services.orchestrator.converse import ConverseSession
 from services.orchestrator.discovery import HEALTH, enable_health_list, enable_reflection
 from services.orchestrator.errors import BackendUnavailable, DeadlineExceeded, ErrorInterceptor, Exhausted, InvalidInput
@@ -164,6 +165,9 @@ class VoiceChat:
             self.metrics.rejected_streams.inc()
             raise Exhausted(f"this replica serves {self.settings.max_streams} live streams; retry later or elsewhere")
         stream_id = new_session_id()
+        remaining = context.time_remaining()
+        if remaining is not None:  # tasks this stream starts copy the context, so they see it too
+            CALLER_DEADLINE.set(asyncio.get_running_loop().time() + remaining)
         # Quotas are per API key: without keys every caller is the same anonymous tenant.
         quotas = self.quotas if identity != ANONYMOUS else None
         if quotas is not None:

@@ -120,12 +120,15 @@ class TritonServer:
     def http_url(self) -> str:
         return f"http://{self.settings.address}:{self.settings.http_port}"
 
-    def start(self, ready_timeout_s: float = 120.0) -> TritonServer:
+    def start(self, ready_timeout_s: float = 120.0, detach: bool = False) -> TritonServer:
+        """`detach`: a session (and process group) of its own, so whoever stops it can reach the python
+        backend stubs too, which ignore SIGTERM and outlive a server that exits without unloading them."""
         prepare_backends(self.settings.backend_directory)
         binary = _wheel_root() / "bin" / "tritonserver"
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            self.settings.command(binary), env=server_environment(), stdout=log, stderr=subprocess.STDOUT
+            self.settings.command(binary), env=server_environment(), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=detach,
         )
         self.wait_ready(ready_timeout_s)
         return self

@@ -378,3 +378,24 @@ def test_a_callers_trace_continues_through_the_triton_turn(triton_settings):
     assert responses[-1].WhichOneof("event") == "turn_ended"
     turn = next(span for span in exporter.get_finished_spans() if span.name == "glmvoice.turn")
     assert f"{turn.context.trace_id:032x}" == trace_id and f"{turn.parent.span_id:016x}" == parent_id
+
+
+def test_a_callers_deadline_bounds_its_turn_on_triton(orchestrator, triton_server):
+    """A caller's short deadline: DEADLINE_EXCEEDED reaches it promptly and the LM slot is free again (the
+    orchestrator's Triton calls carry what was left of the caller's deadline)."""
+    from tests.integration.test_triton_llm import engine_gauges
+
+    deadline_s = 1.5
+    config = config_request("LINEAR16", 16000, "LINEAR16", 16000, max_new_tokens=2000, temperature=0.0, seed=7)
+    began = time.monotonic()
+    code, _ = status_of(lambda: converse(orchestrator.address, iter([config, pb.ConverseRequest(text=pb.TextTurn(text="hello"))]),
+                                         timeout=deadline_s))
+    took = time.monotonic() - began
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert took < deadline_s + 1.0
+    freed_by = time.monotonic() + 5
+    while engine_gauges(triton_server)["active"] and time.monotonic() < freed_by:
+        time.sleep(0.05)
+    assert engine_gauges(triton_server)["active"] == 0
+    print(f"\nDEADLINE_EXCEEDED after {took:.2f} s (deadline {deadline_s} s); LM slot freed "
+          f"{time.monotonic() - began - took:.2f} s later")

@@ -15,7 +15,9 @@ A backend hands out per-stream objects:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,6 +29,16 @@ from services.orchestrator.errors import Exhausted, InvalidInput, OrchestratorEr
 
 # glmvoice.runtime.llm_contract's status names -> our exceptions (both backends raise these).
 STATUS_ERRORS = {"INVALID_ARGUMENT": InvalidInput, "RESOURCE_EXHAUSTED": Exhausted, "INTERNAL": OrchestratorError}
+
+# When the caller's gRPC deadline passes (event-loop time), set per stream by the server; calls to the models
+# run no longer than what is left of it, so a caller's deadline bounds the work it causes on Triton.
+CALLER_DEADLINE: ContextVar[float | None] = ContextVar("caller_deadline", default=None)
+
+
+def time_left() -> float | None:
+    """Seconds left of the caller's deadline (never below a millisecond); None without one."""
+    deadline = CALLER_DEADLINE.get()
+    return None if deadline is None else max(deadline - asyncio.get_running_loop().time(), 0.001)
 
 
 @dataclass(frozen=True)

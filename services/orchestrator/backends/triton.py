@@ -23,7 +23,7 @@ from tritonclient.utils import np_to_triton_dtype
 
 from glmvoice.models.text_tokenizer import TextTokenizer
 from glmvoice.runtime import llm_contract
-from services.orchestrator.backends import STATUS_ERRORS, LMRequest
+from services.orchestrator.backends import STATUS_ERRORS, LMRequest, time_left
 from services.orchestrator.errors import BackendUnavailable, DeadlineExceeded, OrchestratorError
 from services.orchestrator.routing import RoutedStream, Router, RoutingMetrics, replica_source
 from services.tls import TlsFiles
@@ -100,7 +100,7 @@ class TritonTokenizerSession:
         try:
             result = await self.client.infer(
                 "speech_tokenizer", inputs, sequence_id=self.corrid, sequence_start=start, sequence_end=end,
-                headers=self.headers,
+                headers=self.headers, client_timeout=time_left(),
             )
         except InferenceServerException as exc:
             # Not marked ended: abort() still releases it (closing a stream the model already closed is a no-op).
@@ -122,7 +122,7 @@ class TritonLMStream:
     def __init__(self, client: grpcaio.InferenceServerClient, request: LMRequest, headers: dict[str, str] | None = None):
         self.request = request
         self.finish_reason: str | None = None
-        self._call = client.stream_infer(self._requests(), headers=headers)
+        self._call = client.stream_infer(self._requests(), headers=headers, stream_timeout=time_left())
 
     async def _requests(self):
         r = self.request
@@ -164,7 +164,7 @@ class TritonDecoderSession:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.sent = 0
         self.end_sent = False
-        self._call = client.stream_infer(self._requests(), headers=headers)
+        self._call = client.stream_infer(self._requests(), headers=headers, stream_timeout=time_left())
 
     async def send(self, codes: list[int], end: bool = False) -> None:
         self.queue.put_nowait((list(codes), end))
