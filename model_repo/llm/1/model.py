@@ -16,6 +16,7 @@ Errors: per request, the gRPC status in front of the message (llm_contract.tag_e
 import json
 import os
 import queue
+import signal
 import threading
 import time
 import uuid
@@ -43,6 +44,11 @@ FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 class TritonPythonModel:
     def initialize(self, args):
+        # The stub ignores SIGTERM (Triton stops it through unload), so one whose server died without unloading
+        # it (its exit timeout passed while a reply was in flight, a crash) lived on under init, its threads
+        # blocked on calls to the dead server: SIGTERM stops it again, and it ends itself once the server is gone.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        threading.Thread(target=self._exit_with_server, args=(os.getppid(),), daemon=True).start()
         config = json.loads(args["model_config"])
         contract.check_model_config(config)
         spec = read_version(version_dir_from_args(args))
@@ -161,6 +167,13 @@ class TritonPythonModel:
             except Exception as exc:  # this thread must outlive any one bad request
                 pb_utils.Logger.log_error(f"llm cancellation watcher: {exc!r}")
             time.sleep(self.cancel_poll_s)
+
+    @staticmethod
+    def _exit_with_server(server_pid):
+        # No calls to the server here (a metric or a log is a round trip that never returns once it is gone).
+        while os.getppid() == server_pid:
+            time.sleep(0.2)
+        os._exit(1)
 
     def _send_responses(self):
         """Sends queued (sender, ids, finish reason, error) items, each request's in order; a reason or an
