@@ -46,9 +46,10 @@ class TritonPythonModel:
     def initialize(self, args):
         # The stub ignores SIGTERM (Triton stops it through unload), so one whose server died without unloading
         # it (its exit timeout passed while a reply was in flight, a crash) lived on under init, its threads
-        # blocked on calls to the dead server: SIGTERM stops it again, and it ends itself once the server is gone.
+        # blocked on calls to the dead server, and ignoring SIGTERM: it obeys SIGTERM again. (It cannot end
+        # itself: a watcher thread never gets the GIL back from a thread blocked on the server, and
+        # PR_SET_PDEATHSIG fires when Triton's loading thread ends, not the server.)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        threading.Thread(target=self._exit_with_server, args=(os.getppid(),), daemon=True).start()
         config = json.loads(args["model_config"])
         contract.check_model_config(config)
         spec = read_version(version_dir_from_args(args))
@@ -167,13 +168,6 @@ class TritonPythonModel:
             except Exception as exc:  # this thread must outlive any one bad request
                 pb_utils.Logger.log_error(f"llm cancellation watcher: {exc!r}")
             time.sleep(self.cancel_poll_s)
-
-    @staticmethod
-    def _exit_with_server(server_pid):
-        # No calls to the server here (a metric or a log is a round trip that never returns once it is gone).
-        while os.getppid() == server_pid:
-            time.sleep(0.2)
-        os._exit(1)
 
     def _send_responses(self):
         """Sends queued (sender, ids, finish reason, error) items, each request's in order; a reason or an
