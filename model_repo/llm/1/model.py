@@ -46,9 +46,9 @@ class TritonPythonModel:
     def initialize(self, args):
         # The stub ignores SIGTERM (Triton stops it through unload), so one whose server died without unloading
         # it (its exit timeout passed while a reply was in flight, a crash) lived on under init, its threads
-        # blocked on calls to the dead server, and ignoring SIGTERM: it obeys SIGTERM again. (It cannot end
-        # itself: a watcher thread never gets the GIL back from a thread blocked on the server, and
-        # PR_SET_PDEATHSIG fires when Triton's loading thread ends, not the server.)
+        # blocked on calls to the dead server, and ignoring SIGTERM: it obeys SIGTERM again. (Tried and dropped:
+        # a watcher thread polling getppid() never ran once the server was gone, likely starved of the GIL by a
+        # thread blocked on the server; PR_SET_PDEATHSIG fires when Triton's loading thread ends.)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         config = json.loads(args["model_config"])
         contract.check_model_config(config)
