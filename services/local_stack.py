@@ -236,6 +236,9 @@ def down(grace_s: float = 20.0) -> dict:
         if left:
             os.killpg(pid, signal.SIGKILL)
             killed.append({name: left})
+            deadline = time.monotonic() + 5  # SIGKILL is delivered asynchronously
+            while process_groups().get(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
     state_file().unlink()
     return {"stopped": stopped, "killed": killed}
 
