@@ -103,6 +103,14 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # uvicorn's own log config (any uvicorn.run without log_config=None in the process) gives its loggers
+    # handlers of their own that do not propagate: they would print access lines, keys in query strings
+    # included, past the redacting handler. Every line goes through root's.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        library = logging.getLogger(name)
+        library.handlers.clear()
+        library.propagate = True
+        library.disabled = False
 
 
 def configure_tracing(endpoint: str, service_name: str):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 import urllib.request
 
@@ -65,8 +66,16 @@ def test_the_model_process_obeys_sigterm_after_triton_left_it(llm_server):
     (what `make up` / `make down` cycles left behind); the stub then stops on SIGTERM (it used to need SIGKILL)."""
     stub, stream = stub_with_a_request_in_flight(llm_server)
     llm_server.process.send_signal(signal.SIGTERM)
-    llm_server.process.wait(llm_server.settings.exit_timeout_s + 10)
+    try:
+        llm_server.process.wait(llm_server.settings.exit_timeout_s + 10)
+    except subprocess.TimeoutExpired:
+        # On a loaded machine Triton may log "Exit timeout expired. Exiting immediately." and still take longer
+        # to go: the outcome this test is about (Triton gone, its stub left) is the same when it is killed.
+        llm_server.process.kill()
+        llm_server.process.wait(30)
     stream.close()
+    if not alive(stub):
+        pytest.skip("Triton stopped its llm stub on the way out this time: no stub was left to signal")
     os.kill(stub, signal.SIGTERM)
     took = gone_within(stub, PROMPTLY_S)
     assert took is not None, f"the llm stub {stub} ignored SIGTERM"

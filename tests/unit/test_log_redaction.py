@@ -3,21 +3,21 @@
 import io
 import json
 import logging
+import logging.config
+
+import uvicorn.config
 
 from glmvoice.telemetry import REDACTED, configure_logging
 
 
-def test_access_log_lines_and_messages_lose_their_credentials():
+def test_access_log_lines_and_messages_lose_their_credentials(capsys):
+    # The worst case the process can be in: uvicorn's default log config applied (as any uvicorn.run without
+    # log_config=None does): its loggers get their own stdout/stderr handlers and stop propagating.
+    logging.config.dictConfig(uvicorn.config.LOGGING_CONFIG)
     configure_logging("INFO")
     stream = io.StringIO()
     handler = logging.getLogger().handlers[0]
     handler.setStream(stream)
-    # As the gateway runs uvicorn (log_config=None): its loggers propagate to ours. Earlier tests in the same
-    # process may have configured them otherwise (level, propagation, disabled).
-    access = logging.getLogger("uvicorn.access")
-    access.setLevel(logging.INFO)
-    access.propagate = True
-    access.disabled = False  # a library's dictConfig(disable_existing_loggers=True) may have switched it off
     # uvicorn's access log format, with the path as an argument.
     logging.getLogger("uvicorn.access").info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5", "GET",
                                              "/v1/realtime?model=m&api_key=sk-live-123", "1.1", 101)
@@ -29,3 +29,5 @@ def test_access_log_lines_and_messages_lose_their_credentials():
         assert secret not in text
     assert text.count(REDACTED) == 3
     assert "/v1/realtime?model=m&api_key=" in lines[0]  # the rest of the line is kept
+    printed = capsys.readouterr()
+    assert "sk-live-123" not in printed.out + printed.err  # nothing went out through uvicorn's own handlers
