@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 APT_PACKAGES := redis-server espeak-ng sox pocketsphinx-testdata flite
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: help setup lint protos tiny train-tiny train-demo info engines demo up down test test-slow test-gpu mutate test-k8s bench bench-gpu loadtest capacity promote rollback chart-tools kube-assets chart images clean
+.PHONY: help setup lint import-graph protos tiny train-tiny train-demo info engines demo up down test test-slow test-gpu mutate test-k8s bench bench-gpu loadtest capacity promote rollback chart-tools kube-assets chart images clean
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -77,6 +77,9 @@ lint: setup  ## ruff (lint + import order), the layering contracts (import-linte
 	.venv/bin/ruff check .
 	.venv/bin/lint-imports
 	.venv/bin/mypy
+
+import-graph: setup  ## the import graph and the layering contracts before the moves (bea534a) and at HEAD
+	.venv/bin/python .ci/import_graph.py $(REVS)
 
 test: setup chart-tools kube-assets lint  ## README's second command: lint, then the test suite (slow and GPU suites excluded)
 	$(PY) -m pytest $(PYTEST_ARGS)
