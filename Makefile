@@ -127,9 +127,12 @@ chart: setup chart-tools  ## lint, validate (Kubernetes 1.28 and 1.33) and packa
 	    --api-versions admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy | .venv/bin/kubernetes-validate --strict --quiet -k $$k -; done; done
 	build/tools/helm package charts/glmvoice -d build/charts
 
-images:  ## the one glmvoice image, CPU and CUDA variants (needs a container engine)
+CUDA_TORCH := --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+images:  ## the app and Triton images (Dockerfile targets), CPU and CUDA variants (needs a container engine)
 	docker build -f charts/image/Dockerfile -t $(IMAGE):$(VERSION) .
-	docker build -f charts/image/Dockerfile --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t $(IMAGE):$(VERSION)-cuda .
+	docker build -f charts/image/Dockerfile --target triton -t $(IMAGE):$(VERSION)-triton .
+	docker build -f charts/image/Dockerfile $(CUDA_TORCH) -t $(IMAGE):$(VERSION)-cuda .
+	docker build -f charts/image/Dockerfile $(CUDA_TORCH) --target triton -t $(IMAGE):$(VERSION)-cuda-triton .
 
 bench-gpu: setup  ## real-size presets, random weights, bf16 on CUDA: roofline, TTFA at 1/8/32 calls, capacity (a GPU node)
 	$(PY) -m loadtest.bench.real_size --device cuda --preset glm-4-voice
