@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 APT_PACKAGES := redis-server espeak-ng sox pocketsphinx-testdata flite
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: help setup lint protos tiny train-tiny train-demo info engines demo up down test test-slow test-gpu mutate test-k8s bench bench-gpu loadtest capacity promote rollback chart-tools kube-assets chart images clean
+.PHONY: help setup lint import-graph protos tiny train-tiny train-demo info engines demo up down test test-slow test-gpu mutate test-k8s bench bench-gpu loadtest capacity promote rollback chart-tools kube-assets chart images clean
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -78,6 +78,9 @@ lint: setup  ## ruff (lint + import order), the layering contracts (import-linte
 	.venv/bin/lint-imports
 	.venv/bin/mypy
 
+import-graph: setup  ## the import graph and the layering contracts before the moves (bea534a) and at HEAD
+	.venv/bin/python .ci/import_graph.py $(REVS)
+
 test: setup chart-tools kube-assets lint  ## README's second command: lint, then the test suite (slow and GPU suites excluded)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -124,9 +127,12 @@ chart: setup chart-tools  ## lint, validate (Kubernetes 1.28 and 1.33) and packa
 	    --api-versions admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy | .venv/bin/kubernetes-validate --strict --quiet -k $$k -; done; done
 	build/tools/helm package charts/glmvoice -d build/charts
 
-images:  ## the one glmvoice image, CPU and CUDA variants (needs a container engine)
+CUDA_TORCH := --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+images:  ## the app and Triton images (Dockerfile targets), CPU and CUDA variants (needs a container engine)
 	docker build -f charts/image/Dockerfile -t $(IMAGE):$(VERSION) .
-	docker build -f charts/image/Dockerfile --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t $(IMAGE):$(VERSION)-cuda .
+	docker build -f charts/image/Dockerfile --target triton -t $(IMAGE):$(VERSION)-triton .
+	docker build -f charts/image/Dockerfile $(CUDA_TORCH) -t $(IMAGE):$(VERSION)-cuda .
+	docker build -f charts/image/Dockerfile $(CUDA_TORCH) --target triton -t $(IMAGE):$(VERSION)-cuda-triton .
 
 bench-gpu: setup  ## real-size presets, random weights, bf16 on CUDA: roofline, TTFA at 1/8/32 calls, capacity (a GPU node)
 	$(PY) -m loadtest.bench.real_size --device cuda --preset glm-4-voice

@@ -1,5 +1,5 @@
 """Sampling parameters of one LM request: a plain value object, free of torch, so that the orchestrator and
-gateway can validate and carry them without loading the model stack (glmvoice.runtime.sampling applies them)."""
+gateway can validate and carry them without loading the model stack (glmvoice.runtime.sampler applies them)."""
 
 from __future__ import annotations
 

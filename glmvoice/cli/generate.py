@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-# The official demo's sampling (glmvoice.runtime.sampling.OFFICIAL_SAMPLING), repeated here so that
-# building the parser does not import torch.
-OFFICIAL_TEMPERATURE, OFFICIAL_TOP_P = 0.2, 0.8
+from glmvoice.sampling import OFFICIAL_SAMPLING  # torch-free: building the parser loads no model code
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,8 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--audio", help="a WAV file: a speech instruction, tokenized with --tokenizer")
     parser.add_argument("--tokenizer", help="speech tokenizer directory (glm-4-voice-tokenizer layout), for --audio")
     parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=OFFICIAL_TEMPERATURE, help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=OFFICIAL_TOP_P)
+    parser.add_argument("--temperature", type=float, default=OFFICIAL_SAMPLING["temperature"], help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=OFFICIAL_SAMPLING["top_p"])
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--repetition-penalty", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=None)

@@ -1,6 +1,6 @@
 """Single-request generation over the model's static KV cache: prefill, then one-token decode steps.
 
-It runs the model through the same ModelRunner.forward and runtime.sampling as the in-flight batching
+It runs the model through the same ModelRunner.forward and runtime.sampler as the in-flight batching
 engine; this loop is the simple reference path used by the CLI, evaluation and tests.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from glmvoice.models.llm import Transformer
 from glmvoice.runtime.model_runner import ModelRunner
-from glmvoice.runtime.sampling import make_generator, sample
+from glmvoice.runtime.sampler import make_generator, sample
 from glmvoice.sampling import SamplingParams
 
 

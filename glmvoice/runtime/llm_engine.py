@@ -27,7 +27,7 @@ from glmvoice.runtime.llm_scheduler import (
     TokenCallback,
 )
 from glmvoice.runtime.model_runner import ModelRunner
-from glmvoice.runtime.sampling import make_generator
+from glmvoice.runtime.sampler import make_generator
 
 __all__ = [
     "FINISH_REASONS", "EngineConfig", "EngineFullError", "GenerationRequest", "LLMEngine", "RequestError",

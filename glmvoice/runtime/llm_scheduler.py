@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from glmvoice.runtime.llm_contract import EngineFullError, RequestError
-from glmvoice.runtime.sampling import sample
+from glmvoice.runtime.sampler import sample
 from glmvoice.sampling import SamplingParams
 
 

@@ -48,7 +48,7 @@ from loadtest.speech import RATE, of_length
 from services.local_stack import RedisServer
 from services.orchestrator.server import OrchestratorThread
 from services.orchestrator.settings import Settings
-from services.triton.replicas import metric, start_replica
+from services.triton.local_replicas import metric, start_replica
 from services.triton.repository import build_repository
 
 SESSIONS, TURNS, NEW_TOKENS, CONCURRENCY, BARGE_INS = 12, 5, 8, 4, 16

@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Literal
 
 import grpc
@@ -146,27 +147,115 @@ async def _bounded_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+@dataclass
+class GatewayState:
+    """What the handlers share, kept on app.state.gateway: settings, keys, tracer and the metrics."""
+
+    settings: GatewaySettings
+    keys: ApiKeys
+    tracer: object
+    registry: CollectorRegistry
+    requests_total: Counter
+    websockets: Gauge
+
+    @classmethod
+    def create(cls, settings: GatewaySettings, tracer=None) -> GatewayState:
+        # Without a keys file (local stacks) the orchestrator is the only check; with it, callers are refused here first.
+        registry = CollectorRegistry()
+        return cls(
+            settings, ApiKeys.from_file(settings.api_keys_file), tracer, registry,
+            Counter("glmvoice_gateway_requests", "HTTP turns by route and status", ["route", "status"], registry=registry),
+            Gauge("glmvoice_gateway_active_websockets", "Open /v1/realtime connections", registry=registry),
+        )
+
+
+async def chat(
+    request: Request,
+    session_id: str = Query("", description="WAV bodies: continue this session"),
+    output_sample_rate: int = Query(22050, description="WAV bodies: reply audio rate"),
+    max_new_tokens: int | None = Query(None, description="WAV bodies: reply budget in LM ids"),
+    temperature: float | None = Query(None, description="WAV bodies: sampling temperature (0: greedy)"),
+    style: str = Query("", description="WAV bodies: style instruction"),
+    response_format: Literal["json", "wav", "sse"] | None = Query(None),
+):
+    # POST /v1/chat: one turn (no docstring: FastAPI would publish it as the OpenAPI description).
+    gw: GatewayState = request.app.state.gateway
+    # Authenticate, then read at most max_body_bytes: nothing is buffered or decoded for a stranger.
+    try:
+        gw.keys.identity({k.lower(): v for k, v in request.headers.items()})
+    except Unauthenticated as exc:
+        gw.requests_total.labels(route="chat", status="401").inc()
+        raise HTTPException(401, detail=str(exc)) from exc
+    body_bytes = await _bounded_body(request, gw.settings.max_body_bytes)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip()
+    try:
+        if content_type in ("audio/wav", "audio/x-wav", "audio/wave"):
+            body = ChatRequest(
+                audio=base64.b64encode(body_bytes).decode(), session_id=session_id, style=style,
+                output_sample_rate=output_sample_rate, response_format=response_format,
+                max_new_tokens=max_new_tokens, temperature=temperature,
+            )
+        elif content_type == "application/json":
+            body = ChatRequest.model_validate_json(body_bytes)
+        else:
+            raise HTTPException(415, detail="send audio/wav or application/json")
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise HTTPException(400, detail=str(exc)) from exc
+    fmt = _response_format(body, request.headers.get("accept", ""))
+    try:
+        responses = await request.app.state.upstream.turn(request.headers, _turn_requests(body),
+                                                          gw.settings.request_timeout_s, gw.tracer)
+    except HTTPException as exc:
+        gw.requests_total.labels(route="chat", status=str(exc.status_code)).inc()
+        raise
+    gw.requests_total.labels(route="chat", status="200").inc()
+    if fmt == "sse":
+        return StreamingResponse(_sse(responses), media_type="text/event-stream")
+    return await _whole_reply(responses, fmt, body.output_sample_rate)
+
+
+async def realtime(websocket: WebSocket):
+    """WebSocket /v1/realtime: a live conversation (services/gateway/realtime.py)."""
+    gw: GatewayState = websocket.app.state.gateway
+    gw.websockets.inc()
+    try:
+        await realtime_session(websocket, websocket.app.state.upstream, key_metadata)
+    finally:
+        gw.websockets.dec()
+
+
+async def healthz():
+    return {"status": "ok"}
+
+
+async def readyz(request: Request):
+    if await request.app.state.upstream.ready():
+        return {"status": "ready"}
+    raise HTTPException(503, detail=f"orchestrator at {request.app.state.gateway.settings.orchestrator_addr} is not serving")
+
+
+async def metrics(request: Request):
+    return Response(generate_latest(request.app.state.gateway.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI):
+    settings = app.state.gateway.settings
+    app.state.upstream = Upstream(settings.orchestrator_addr, settings.tls if settings.orchestrator_tls else None)
+    yield
+    await app.state.upstream.close()
+
+
 def create_app(settings: GatewaySettings, tracer=None) -> FastAPI:
-    # Without a keys file (local stacks) the orchestrator is the only check; with it, callers are refused here first.
-    keys = ApiKeys.from_file(settings.api_keys_file)
-    registry = CollectorRegistry()
-    requests_total = Counter("glmvoice_gateway_requests", "HTTP turns by route and status", ["route", "status"], registry=registry)
-    websockets = Gauge("glmvoice_gateway_active_websockets", "Open /v1/realtime connections", registry=registry)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        app.state.upstream = Upstream(settings.orchestrator_addr, settings.tls if settings.orchestrator_tls else None)
-        yield
-        await app.state.upstream.close()
-
+    """The gateway's routes over the handlers above; the orchestrator connection opens with the app."""
     app = FastAPI(
-        title="glmvoice gateway", version="1", lifespan=lifespan,
+        title="glmvoice gateway", version="1", lifespan=_lifespan,
         description="GLM-4-Voice spoken conversation over HTTP and WebSocket. Authenticate with "
         "`Authorization: Bearer <key>` or `X-API-Key` (the keys of the gRPC API).",
     )
-
-    @app.post(
-        "/v1/chat",
+    app.state.gateway = GatewayState.create(settings, tracer)
+    app.add_api_route(
+        "/v1/chat", chat, methods=["POST"],
         summary="One turn: WAV or JSON in; JSON, WAV or server-sent events out",
         openapi_extra={"requestBody": {"required": True, "content": {
             "application/json": {"schema": ChatRequest.model_json_schema()},
@@ -174,69 +263,8 @@ def create_app(settings: GatewaySettings, tracer=None) -> FastAPI:
         }}},
         responses={200: {"content": {"application/json": {}, "audio/wav": {}, "text/event-stream": {}}}},
     )
-    async def chat(
-        request: Request,
-        session_id: str = Query("", description="WAV bodies: continue this session"),
-        output_sample_rate: int = Query(22050, description="WAV bodies: reply audio rate"),
-        max_new_tokens: int | None = Query(None, description="WAV bodies: reply budget in LM ids"),
-        temperature: float | None = Query(None, description="WAV bodies: sampling temperature (0: greedy)"),
-        style: str = Query("", description="WAV bodies: style instruction"),
-        response_format: Literal["json", "wav", "sse"] | None = Query(None),
-    ):
-        # Authenticate, then read at most max_body_bytes: nothing is buffered or decoded for a stranger.
-        try:
-            keys.identity({k.lower(): v for k, v in request.headers.items()})
-        except Unauthenticated as exc:
-            requests_total.labels(route="chat", status="401").inc()
-            raise HTTPException(401, detail=str(exc)) from exc
-        body_bytes = await _bounded_body(request, settings.max_body_bytes)
-        content_type = request.headers.get("content-type", "").split(";")[0].strip()
-        try:
-            if content_type in ("audio/wav", "audio/x-wav", "audio/wave"):
-                body = ChatRequest(
-                    audio=base64.b64encode(body_bytes).decode(), session_id=session_id, style=style,
-                    output_sample_rate=output_sample_rate, response_format=response_format,
-                    max_new_tokens=max_new_tokens, temperature=temperature,
-                )
-            elif content_type == "application/json":
-                body = ChatRequest.model_validate_json(body_bytes)
-            else:
-                raise HTTPException(415, detail="send audio/wav or application/json")
-        except ValueError as exc:  # pydantic's ValidationError is a ValueError
-            raise HTTPException(400, detail=str(exc)) from exc
-        fmt = _response_format(body, request.headers.get("accept", ""))
-        try:
-            responses = await app.state.upstream.turn(request.headers, _turn_requests(body), settings.request_timeout_s,
-                                                      tracer)
-        except HTTPException as exc:
-            requests_total.labels(route="chat", status=str(exc.status_code)).inc()
-            raise
-        requests_total.labels(route="chat", status="200").inc()
-        rate = body.output_sample_rate
-        if fmt == "sse":
-            return StreamingResponse(_sse(responses), media_type="text/event-stream")
-        return await _whole_reply(responses, fmt, rate)
-
-    @app.websocket("/v1/realtime")
-    async def realtime(websocket: WebSocket):
-        websockets.inc()
-        try:
-            await realtime_session(websocket, app.state.upstream, key_metadata)
-        finally:
-            websockets.dec()
-
-    @app.get("/healthz", summary="the process is alive")
-    async def healthz():
-        return {"status": "ok"}
-
-    @app.get("/readyz", summary="the orchestrator is SERVING")
-    async def readyz():
-        if await app.state.upstream.ready():
-            return {"status": "ready"}
-        raise HTTPException(503, detail=f"orchestrator at {settings.orchestrator_addr} is not serving")
-
-    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
-    async def metrics():
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
+    app.add_api_websocket_route("/v1/realtime", realtime)
+    app.add_api_route("/healthz", healthz, methods=["GET"], summary="the process is alive")
+    app.add_api_route("/readyz", readyz, methods=["GET"], summary="the orchestrator is SERVING")
+    app.add_api_route("/metrics", metrics, methods=["GET"], summary="Prometheus metrics", include_in_schema=False)
     return app

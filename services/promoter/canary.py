@@ -14,6 +14,9 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpcclient
 
+from glmvoice.runtime import llm_contract
+from glmvoice.sampling import SamplingParams
+
 
 class CanaryError(RuntimeError):
     """The new version answered wrongly or not at all."""
@@ -71,10 +74,10 @@ def llm_canary(url: str, version: int, checkpoint: Path, timeout_s: float) -> di
 
     vocab = load_config(checkpoint).vocab_size
     prompt = TextTokenizer.from_directory(checkpoint).encode_prompt("hello")
-    inputs = [_tensor("input_ids", np.asarray(prompt, np.int64)),
-              _tensor("max_new_tokens", np.array([4], np.int32)),
-              _tensor("temperature", np.array([0.0], np.float32))]
-    ids = [int(i) for chunk in _stream(url, "llm", version, inputs, timeout_s, "output_ids") for i in chunk]
+    arrays = llm_contract.request_inputs(prompt, 4, SamplingParams(temperature=0.0))  # greedy, 4 ids
+    inputs = [_tensor(name, array) for name, array in arrays.items()]
+    chunks = _stream(url, llm_contract.MODEL_NAME, version, inputs, timeout_s, llm_contract.OUTPUT_IDS)
+    ids = [int(i) for chunk in chunks for i in chunk]
     if not ids or not all(0 <= i < vocab for i in ids):
         raise CanaryError(f"llm v{version} at {url}: greedy reply {ids} is empty or outside the vocabulary ({vocab})")
     return {"reply_ids": ids}

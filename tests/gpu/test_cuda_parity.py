@@ -93,7 +93,7 @@ def test_lm_logits_and_greedy_reply_on_the_device_equal_the_cpu(tiny_llm_dir):
 def test_bf16_engine_stays_within_tolerance_of_fp32(tiny_llm_dir):
     from glmvoice.models.llm_checkpoint import load_llm
     from glmvoice.runtime.llm_engine import EngineConfig, GenerationRequest, LLMEngine
-    from glmvoice.runtime.sampling import SamplingParams
+    from glmvoice.sampling import SamplingParams
 
     fp32, _ = load_llm(tiny_llm_dir, "cpu", torch.float32)
     bf16, _ = load_llm(tiny_llm_dir, DEVICE, torch.bfloat16)

@@ -17,7 +17,7 @@ import pytest
 from glmvoice.client import config_request
 from glmvoice.v1 import voice_chat_pb2 as pb
 from services.orchestrator.server import OrchestratorThread
-from services.triton.replicas import metric, start_replica
+from services.triton.local_replicas import metric, start_replica
 from tests.fixtures.redis import redis_server  # noqa: F401
 from tests.integration.test_orchestrator import (  # noqa: F401 - fixtures
     GREEDY,

@@ -8,7 +8,7 @@ from openai.types.beta.realtime import SessionCreatedEvent as BetaSessionCreated
 from openai.types.realtime import SessionCreatedEvent
 
 from glmvoice.v1 import voice_chat_pb2 as pb
-from services.gateway.realtime.events import Events, ProtocolError
+from services.gateway.realtime.server_events import Events, ProtocolError
 from services.gateway.realtime.session_config import SessionSettings, apply_update
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from glmvoice.runtime.sampling import apply_penalties, filter_top_k_top_p, make_generator, sample
+from glmvoice.runtime.sampler import apply_penalties, filter_top_k_top_p, make_generator, sample
 from glmvoice.sampling import SamplingParams
 
 

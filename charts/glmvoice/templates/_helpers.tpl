@@ -62,8 +62,11 @@ app.kubernetes.io/part-of: glmvoice
 {{- $global := .ctx.Values.image }}
 {{- $own := .image | default dict }}
 {{- $repository := $own.repository | default $global.repository }}
-{{- $tag := $own.tag | default $global.tag | default .ctx.Chart.AppVersion }}
-{{- $digest := $own.digest | default $global.digest }}
+{{- /* An override's tagSuffix (Triton: "-triton") marks another image of the same build: it applies to the
+     fallen-back tag, and the app image's digest does not carry over. */}}
+{{- $suffix := $own.tagSuffix | default "" }}
+{{- $tag := $own.tag | default (printf "%s%s" ($global.tag | default .ctx.Chart.AppVersion) $suffix) }}
+{{- $digest := $own.digest | default (ternary "" $global.digest (ne $suffix "")) }}
 {{- if $digest }}
 {{- printf "%s@%s" $repository $digest }}
 {{- else }}

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from glmvoice.v1 import voice_chat_pb2 as pb
 from services.gateway.realtime.conversation import Conversation
-from services.gateway.realtime.events import Events, ProtocolError
+from services.gateway.realtime.server_events import Events, ProtocolError
 from services.gateway.realtime.session_config import VOICE, SessionSettings
 from services.gateway.realtime.upstream_stream import UpstreamStream
 from services.gateway.upstream import HTTP_STATUS

@@ -14,8 +14,8 @@ import binascii
 from typing import TYPE_CHECKING, Any
 
 from glmvoice.v1 import voice_chat_pb2 as pb
-from services.gateway.realtime.events import ProtocolError, new_id
 from services.gateway.realtime.responses import ResponseStream
+from services.gateway.realtime.server_events import ProtocolError, new_id
 from services.gateway.realtime.session_config import (
     NO_TOOLS,
     VOICE,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 
 from glmvoice.v1 import voice_chat_pb2 as pb
-from services.gateway.realtime.events import Events, new_id
+from services.gateway.realtime.server_events import Events, new_id
 
 STATUS = {  # TurnEndReason -> (response status, status_details.reason)
     pb.TURN_END_REASON_COMPLETED: ("completed", None),

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from glmvoice.client import config_request
-from services.gateway.realtime.events import ProtocolError
+from services.gateway.realtime.server_events import ProtocolError
 
 VOICE = "glm-4-voice"  # the one voice the speech decoder has (its speaker embedding is fixed)
 # GA format type -> (codec, rate). audio/pcm is 24 kHz in the protocol; other rates are our extension.
