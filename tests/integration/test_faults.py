@@ -20,8 +20,8 @@ from glmvoice.v1 import voice_chat_pb2 as pb
 from services.local_stack import free_port, orchestrator_env, process_groups, wait_for_health
 from services.orchestrator.server import OrchestratorThread
 from services.orchestrator.settings import Settings
-from services.triton.replicas import metric
 from services.triton.launcher import TritonServer, TritonSettings
+from services.triton.replicas import metric
 from tests.fixtures.redis import redis_server  # noqa: F401 - fixture
 from tests.integration.test_orchestrator import (  # noqa: F401 - shared fixtures and client helpers
     GREEDY,
