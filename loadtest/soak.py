@@ -7,7 +7,10 @@ backend stubs, the orchestrator, the gateway) every --interval-s. Then it reads 
 metrics port: tokenizer and decoder streams, LM requests active and queued; the orchestrator's live Converse
 streams), runs `make down` (services.local_stack down) and checks that no process of the stack is left.
 
-Per process it prints RSS at the end of warm-up (start), the peak, at the end, and the growth (end - start).
+Per process it prints RSS at the end of warm-up (start), the peak, at the end, the growth (end - start) and
+the slope over the last third of the run (MiB per minute: still growing, or flat). The bound on growth
+(--max-growth-mib, 64 MiB) leaves room for what fills up by design: the LM's prefix cache holds up to
+16,384 KV tokens (36 MiB for the tiny LM), filled over the first minutes at the default load.
 It exits 1 when a process grew more than --max-growth-mib, when a stream is still live --drain-s after the
 load stopped, when a process outlived `down`, or when the load got no answer at all; 0 otherwise. Writes
 the report with every sample to --out/soak.json.
@@ -133,6 +136,16 @@ class Sampler:
         return record
 
 
+def slope(series: list[tuple[float, int]]) -> float:
+    """Least-squares slope of (t, value) points, per second (0 for fewer than two distinct times)."""
+    if len(series) < 2:
+        return 0.0
+    mean_t = sum(t for t, _ in series) / len(series)
+    mean_v = sum(v for _, v in series) / len(series)
+    spread = sum((t - mean_t) ** 2 for t, _ in series)
+    return sum((t - mean_t) * (v - mean_v) for t, v in series) / spread if spread else 0.0
+
+
 def per_process(samples: list[dict], processes: dict[int, dict], warmup_s: float) -> list[dict]:
     """RSS start (the first sample at or after warm-up), peak, end (the last sample) and growth, in MiB."""
     rows = []
@@ -140,10 +153,12 @@ def per_process(samples: list[dict], processes: dict[int, dict], warmup_s: float
         series = [(s["t"], s["rss"][pid]) for s in samples if pid in s["rss"]]
         warm = [(t, v) for t, v in series if t >= warmup_s] or series[-1:]
         start, end, peak = warm[0][1], series[-1][1], max(v for _, v in series)
+        late = warm[-max(2, len(warm) // 3):]  # the last third after warm-up (two points at least): growing, or flat?
         rows.append({
             "pid": pid, "component": info["component"], "name": info["name"], "samples": len(series),
             "start_t": warm[0][0], "end_t": series[-1][0], "start_mib": round(start / MIB, 1),
             "peak_mib": round(peak / MIB, 1), "end_mib": round(end / MIB, 1), "growth_mib": round((end - start) / MIB, 1),
+            "late_mib_per_min": round(slope(late) * 60 / MIB, 2),
         })
     return rows
 
@@ -233,10 +248,11 @@ def verdict(report: dict, max_growth_mib: float) -> list[str]:
 
 
 def print_report(report: dict, failures: list[str]) -> None:
-    print(f"\n{'component':<13} {'process':<36} {'pid':>7} {'n':>4} {'start':>8} {'peak':>8} {'end':>8} {'growth':>8}  (MiB)")
+    print(f"\n{'component':<13} {'process':<36} {'pid':>7} {'n':>4} {'start':>8} {'peak':>8} {'end':>8} {'growth':>8} "
+          f"{'late/min':>9}  (MiB)")
     for row in report["processes"]:
         print(f"{row['component']:<13} {row['name'][:36]:<36} {row['pid']:>7} {row['samples']:>4} {row['start_mib']:>8.1f} "
-              f"{row['peak_mib']:>8.1f} {row['end_mib']:>8.1f} {row['growth_mib']:>+8.1f}")
+              f"{row['peak_mib']:>8.1f} {row['end_mib']:>8.1f} {row['growth_mib']:>+8.1f} {row['late_mib_per_min']:>+9.2f}")
     total = {k: round(sum(r[k] for r in report["processes"]), 1) for k in ("start_mib", "end_mib", "growth_mib")}
     print(f"{'all':<13} {'':<36} {'':>7} {'':>4} {total['start_mib']:>8.1f} {'':>8} {total['end_mib']:>8.1f} "
           f"{total['growth_mib']:>+8.1f}")

@@ -14,7 +14,7 @@ import pytest
 from services.local_stack import alive
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # stack start, 30 s of load, drain and down: ~2-3 min
-DURATION_S, INTERVAL_S, WARMUP_S = 30, 2, 6
+DURATION_S, INTERVAL_S, WARMUP_S = 30, 2, 10
 
 
 @pytest.fixture
@@ -33,7 +33,10 @@ def test_a_short_soak_reports_real_samples_and_leaves_nothing(tmp_path, checkpoi
     run = subprocess.run(
         [sys.executable, "-m", "loadtest.soak", "--checkpoints", str(checkpoints), "--workdir", str(tmp_path / "stack"),
          "--duration-s", str(DURATION_S), "--interval-s", str(INTERVAL_S), "--warmup-s", str(WARMUP_S),
-         "--concurrency", "2", "--out", str(out)],
+         "--concurrency", "2", "--out", str(out),
+         # 30 s is mostly warm-up (a decoder stub grew 53 MiB in one such run, by 21 MiB after its first minute
+         # in a 3-minute one): this run checks the report and the clean-up; the verdict's arithmetic is unit-tested.
+         "--max-growth-mib", "256"],
         env=env, capture_output=True, text=True, timeout=900)
     print(run.stdout[-4000:])
     report = json.loads((out / "soak.json").read_text())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from loadtest.soak import MIB, describe, per_process, rss_bytes, verdict
+from loadtest.soak import MIB, describe, per_process, rss_bytes, slope, verdict
 
 
 def test_rss_of_a_live_process_and_of_one_that_is_gone():
@@ -32,6 +32,8 @@ def test_start_is_the_first_sample_after_warm_up_and_growth_is_end_minus_start()
     assert (one["start_mib"], one["peak_mib"], one["end_mib"], one["growth_mib"]) == (300.0, 320.0, 310.0, 10.0)
     assert (two["start_mib"], two["peak_mib"], two["end_mib"], two["growth_mib"]) == (60.0, 60.0, 40.0, -20.0)
     assert (one["samples"], two["samples"]) == (4, 3)
+    assert slope([(0.0, 0), (1.0, MIB), (2.0, 2 * MIB)]) == MIB and slope([(0.0, 5)]) == 0.0
+    assert one["late_mib_per_min"] == -120.0  # the last two samples: 320 -> 310 MiB in 5 s
 
 
 def test_verdict_names_growth_leaked_streams_unread_gauges_and_survivors():
