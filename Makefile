@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 APT_PACKAGES := redis-server espeak-ng sox pocketsphinx-testdata flite
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: help setup lint import-graph protos tiny train-tiny train-demo info engines demo up down test test-slow test-gpu mutate test-k8s bench bench-gpu loadtest capacity promote rollback chart-tools kube-assets chart images clean
+.PHONY: help setup lint import-graph protos tiny train-tiny train-demo info engines demo up down test test-slow test-gpu mutate test-k8s bench bench-gpu loadtest capacity soak promote rollback chart-tools kube-assets chart images clean
 
 help:  ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -137,6 +137,11 @@ images:  ## the app and Triton images (Dockerfile targets), CPU and CUDA variant
 bench-gpu: setup  ## real-size presets, random weights, bf16 on CUDA: roofline, TTFA at 1/8/32 calls, capacity (a GPU node)
 	$(PY) -m loadtest.bench.real_size --device cuda --preset glm-4-voice
 	$(PY) -m loadtest.gpu --out build/loadtest/gpu
+
+SOAK_S ?= 600
+SOAK_ARGS ?=
+soak: tiny  ## bounded soak (SOAK_S, default 600 s) of `make up`'s stack at steady load over loopback: RSS of every process, leaked streams, then `make down` leaves nothing
+	$(PY) -m loadtest.soak --checkpoints $(CKPT) --duration-s $(SOAK_S) $(SOAK_ARGS)
 
 MODEL ?= llm
 promote: setup  ## make promote MODEL=llm CANDIDATE=<id> (env: REDIS_ADDR, GLMVOICE_MODEL_REPOSITORY, GLMVOICE_STORE, TRITON_ADDRS)

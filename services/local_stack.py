@@ -206,7 +206,8 @@ def up(checkpoints: Path, workdir: Path) -> dict:
                  "redis": redis.process.pid},
         "orchestrator": f"127.0.0.1:{port}", "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
         "gateway": f"http://127.0.0.1:{http_port}",
-        "realtime": f"ws://127.0.0.1:{http_port}/v1/realtime", "triton": triton.grpc_url, "redis": redis.addr,
+        "realtime": f"ws://127.0.0.1:{http_port}/v1/realtime", "triton": triton.grpc_url,
+        "triton_metrics": f"http://127.0.0.1:{triton.settings.metrics_port}/metrics", "redis": redis.addr,
         "trained_missing_checkpoints": built,
     }
     state_file().parent.mkdir(parents=True, exist_ok=True)
