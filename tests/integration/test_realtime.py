@@ -114,6 +114,12 @@ def test_sdk_spoken_turn_at_24k_pcm16(gateway, orchestrator):  # noqa: F811
              "response.content_part.done", "response.output_item.done", "response.done"]
     positions = [types.index(kind) for kind in order]
     assert positions == sorted(positions), types
+    # The transcript streams between the content part's start and the transcript's .done, and adds up to it.
+    deltas = [i for i, kind in enumerate(types) if kind == "response.output_audio_transcript.delta"]
+    assert deltas, types
+    done_at = types.index("response.output_audio_transcript.done")
+    assert types.index("response.content_part.added") < deltas[0] and deltas[-1] < done_at
+    assert "".join(events[i].delta for i in deltas) == events[done_at].transcript != ""
     started = events[types.index("input_audio_buffer.speech_started")]
     assert started.item_id == events[types.index("input_audio_buffer.committed")].item_id
     assert len({e.event_id for e in events}) == len(events)
@@ -176,6 +182,54 @@ def test_sdk_mulaw_client_commits_barge_in_cancel_and_truncate(gateway, orchestr
     assistant = session_turns(orchestrator, done.model_extra["glmvoice"]["session_id"])[-1]
     assert assistant.speech_tokens == int(played_ms / 1000 / sent_seconds * sent.speech_tokens)
     assert item.content[0].transcript == assistant.text and sent.text.startswith(assistant.text)
+
+
+def test_sdk_truncate_while_the_reply_plays_without_cancel(gateway, orchestrator):  # noqa: F811
+    """Barge-in as many clients send it: conversation.item.truncate alone, while the reply still streams. The
+    reply ends cancelled (client_cancelled), the item is cut to what was played, and the session's history
+    in Redis holds the text before the first speech token not heard and no more speech tokens than the
+    played audio makes (audio per speech token measured on this reply)."""
+    async def run():
+        async with sdk(gateway).realtime.connect(model="glm-4-voice") as connection:
+            client = Client(connection)
+            session_id = (await client.next()).session.model_extra["glmvoice"]["session_id"]
+            await connection.session.update(session={
+                "type": "realtime", "max_output_tokens": 400,
+                "audio": {"input": {"format": PCM24, "turn_detection": None}, "output": {"format": PCM24}},
+                "glmvoice": GREEDY,
+            })
+            await client.until("session.updated")
+            await client.stream(encode(clip(24000, 0.0), "LINEAR16"), 4800)
+            await connection.input_audio_buffer.commit()
+            await client.until("conversation.item.done")
+            await connection.response.create()
+            events = await client.until("response.output_audio.delta")
+            item_id = next(e.item.id for e in events if e.type == "response.output_item.added")
+            played_ms = len(base64.b64decode(events[-1].delta)) * 1000 // 24000 // 2  # the first chunk, all heard
+            await connection.conversation.item.truncate(item_id=item_id, content_index=0, audio_end_ms=played_ms)
+            events += await client.until("conversation.item.truncated")
+            await connection.conversation.item.retrieve(item_id=item_id)
+            retrieved = (await client.until("conversation.item.retrieved"))[-1].item
+            return session_id, item_id, played_ms, events, retrieved
+
+    session_id, item_id, played_ms, events, item = asyncio.run(run())
+    types = [e.type for e in events]
+    assert "error" not in types, [e for e in events if e.type == "error"]
+    assert "response.done" in types and types.index("response.done") < types.index("conversation.item.truncated")
+    done = events[types.index("response.done")].response
+    assert done.status == "cancelled" and done.status_details.reason == "client_cancelled"
+    assert done.output[0].id == item_id == events[-1].item_id and events[-1].audio_end_ms == played_ms
+    streamed = "".join(e.delta for e in events if e.type == "response.output_audio_transcript.delta")
+    # The history: the assistant turn the truncate cut, as the conversation item says.
+    user, assistant = session_turns(orchestrator, session_id)
+    assert user.role == "user" and assistant.role == "assistant"
+    assert item.content[0].transcript == assistant.text and streamed.startswith(assistant.text)
+    assert done.output[0].content[0].transcript.startswith(assistant.text)
+    # The speech tokens kept are those of the played audio: at most the generated ones, scaled to it.
+    sent_seconds = done.model_extra["glmvoice"]["audio_seconds"]
+    generated = done.usage.output_token_details.audio_tokens
+    assert sent_seconds * 1000 >= played_ms > 0
+    assert 0 < assistant.speech_tokens <= int(played_ms / 1000 / sent_seconds * generated)
 
 
 def test_sdk_server_vad_barge_in_cancels_the_reply(gateway):  # noqa: F811
