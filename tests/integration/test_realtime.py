@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.metadata
 import json
 
 import grpc
@@ -136,6 +137,80 @@ def test_sdk_spoken_turn_at_24k_pcm16(gateway, orchestrator):  # noqa: F811
     assert usage.output_token_details.audio_tokens > 0 and usage.input_token_details.audio_tokens > 0
     assert usage.total_tokens == usage.input_tokens + usage.output_tokens
     assert [t.role for t in session_turns(orchestrator, session_id)] == ["user", "assistant"]
+
+
+def agents_sdk_version() -> str | None:
+    try:
+        return importlib.metadata.version("openai-agents")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@pytest.mark.skipif(agents_sdk_version() is None, reason="openai-agents is not installed here (docs/api.md, Frameworks)")
+def test_openai_agents_realtime_runner_completes_a_spoken_turn(gateway, orchestrator):  # noqa: F811
+    """The OpenAI Agents SDK's realtime runner (RealtimeAgent + RealtimeRunner on its own WebSocket model),
+    pointed at the gateway through `model_config` (`url`, `api_key`, `initial_model_settings`): its first
+    session.update is accepted, the recording goes in as its `send_audio` chunks (input_audio_buffer.append),
+    server VAD ends the turn, and the reply comes back as the runner's typed `audio` events and an assistant
+    item in its history whose transcript is the one the server streamed.
+
+    The settings an OpenAI default would get an `error` for are set to what we serve: the voice, no input
+    transcription model, server_vad (the SDK defaults to semantic_vad) and no OpenAI tracing."""
+    from agents.realtime import RealtimeAgent, RealtimeRunner
+
+    settings = {"model_name": "glm-4-voice", "voice": "glm-4-voice", "output_modalities": ["audio"],
+                "input_audio_format": "pcm16", "output_audio_format": "pcm16", "input_audio_transcription": None,
+                "turn_detection": {"type": "server_vad", "threshold": 0.5, "silence_duration_ms": 500},
+                "max_output_tokens": 60, "tracing": None}
+    model_config = {"url": f"ws://{gateway}/v1/realtime?model=glm-4-voice", "api_key": KEYS[0],
+                    "initial_model_settings": settings}
+
+    async def run():
+        runner = RealtimeRunner(RealtimeAgent(name="glm-4-voice", instructions=""))
+        events, raw, history = [], [], {}  # history: item id -> the runner's latest version of the item
+        async with await runner.run(model_config=model_config) as session:
+            speech = encode(clip(24000), "LINEAR16")
+            for start in range(0, len(speech), 4800):  # 100 ms chunks
+                await session.send_audio(speech[start : start + 4800])
+
+            async def collect():
+                async for event in session:
+                    events.append(event)
+                    if event.type == "raw_model_event" and event.data.type == "raw_server_event":
+                        raw.append(event.data.data)
+                    elif event.type == "history_updated":
+                        history.clear()
+                        history.update((item.item_id, item) for item in event.history)
+                    elif event.type == "history_added":
+                        history[event.item.item_id] = event.item
+                    elif event.type == "agent_end":
+                        return
+
+            await asyncio.wait_for(collect(), 180)
+        return events, raw, history
+
+    events, raw, history = asyncio.run(run())
+    assert not [e.error for e in events if e.type == "error"]
+    types = [e["type"] for e in raw]
+    assert types[:2] == ["session.created", "conversation.created"] and "session.updated" in types
+    updated = raw[types.index("session.updated")]["session"]
+    assert updated["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+    assert updated["audio"]["output"]["voice"] == "glm-4-voice" and updated["max_output_tokens"] == 60
+    assert types.index("input_audio_buffer.committed") < types.index("response.created") < types.index("response.done")
+    # Audio: the runner's typed events carry exactly what the server sent, as long as response.done says.
+    pcm = b"".join(e.audio.data for e in events if e.type == "audio")
+    sent = b"".join(base64.b64decode(e["delta"]) for e in raw if e["type"] == "response.output_audio.delta")
+    done = raw[types.index("response.done")]["response"]
+    assert pcm == sent and len(pcm) > 0
+    assert len(pcm) / 2 / 24000 == pytest.approx(done["glmvoice"]["audio_seconds"], abs=1e-3)
+    assert any(e.type == "audio_end" for e in events) and done["status"] in ("completed", "incomplete")
+    # Transcript: the assistant item in the runner's history holds the one the server streamed.
+    transcript = "".join(e["delta"] for e in raw if e["type"] == "response.output_audio_transcript.delta")
+    assert [e["transcript"] for e in raw if e["type"] == "response.output_audio_transcript.done"] == [transcript]
+    assistant = [item for item in history.values() if item.type == "message" and item.role == "assistant"]
+    assert [item.item_id for item in assistant] == [done["output"][0]["id"]]
+    assert assistant[0].content[0].type == "audio" and assistant[0].content[0].transcript == transcript
+    assert [t.role for t in session_turns(orchestrator, done["glmvoice"]["session_id"])] == ["user", "assistant"]
 
 
 def test_sdk_mulaw_client_commits_barge_in_cancel_and_truncate(gateway, orchestrator):  # noqa: F811
