@@ -259,11 +259,10 @@ def test_sdk_mulaw_client_commits_barge_in_cancel_and_truncate(gateway, orchestr
     assert item.content[0].transcript == assistant.text and sent.text.startswith(assistant.text)
 
 
-def test_sdk_truncate_while_the_reply_plays_without_cancel(gateway, orchestrator):  # noqa: F811
+def test_sdk_truncate_while_the_reply_plays_without_cancel(gateway, orchestrator, triton_settings):  # noqa: F811
     """Barge-in as many clients send it: conversation.item.truncate alone, while the reply still streams. The
     reply ends cancelled (client_cancelled), the item is cut to what was played, and the session's history
-    in Redis holds the text before the first speech token not heard and no more speech tokens than the
-    played audio makes (audio per speech token measured on this reply)."""
+    in Redis holds exactly the speech tokens of the played audio and the text before the first one not heard."""
     async def run():
         async with sdk(gateway).realtime.connect(model="glm-4-voice") as connection:
             client = Client(connection)
@@ -300,11 +299,15 @@ def test_sdk_truncate_while_the_reply_plays_without_cancel(gateway, orchestrator
     assert user.role == "user" and assistant.role == "assistant"
     assert item.content[0].transcript == assistant.text and streamed.startswith(assistant.text)
     assert done.output[0].content[0].transcript.startswith(assistant.text)
-    # The speech tokens kept are those of the played audio: at most the generated ones, scaled to it.
+    # The cancelled reply kept the speech tokens of the audio it sent: one decoder block per audio chunk, and
+    # each chunk is one output_audio.delta. The truncate keeps those of the played audio, audio per speech
+    # token measured on this reply (observed: the first chunk played to its last whole millisecond keeps 9 of
+    # its 10 tokens).
     sent_seconds = done.model_extra["glmvoice"]["audio_seconds"]
-    generated = done.usage.output_token_details.audio_tokens
-    assert sent_seconds * 1000 >= played_ms > 0
-    assert 0 < assistant.speech_tokens <= int(played_ms / 1000 / sent_seconds * generated)
+    chunks = types.count("response.output_audio.delta")
+    kept = min(chunks * triton_settings.decoder_block_codes, done.usage.output_token_details.audio_tokens)
+    assert sent_seconds * 1000 >= played_ms > 0 and kept > 0
+    assert assistant.speech_tokens == int(played_ms / 1000 / sent_seconds * kept) > 0
 
 
 def test_sdk_server_vad_barge_in_cancels_the_reply(gateway):  # noqa: F811
