@@ -12,13 +12,36 @@ from pathlib import Path
 import numpy as np
 
 FRAME_MS = 20
-# Where `make up` (services.local_stack) writes the addresses it chose; GLMVOICE_STACK_FILE overrides.
+# Where `make up` (services.local_stack) writes the addresses it chose, under the checkout's root
+# (see stack_file); GLMVOICE_STACK_FILE overrides.
 STACK_FILE = Path("build/stack/stack.json")
+
+
+def checkout_root(start: Path | None = None) -> Path | None:
+    """The glmvoice source checkout that holds `start` (default: the working directory), else the one the
+    imported package lives in (`make setup` installs it editable), else None (an installed wheel)."""
+    here = (start or Path.cwd()).resolve()
+    for directory in (here, *here.parents):
+        if (directory / "pyproject.toml").is_file() and (directory / "glmvoice" / "client.py").is_file():
+            return directory
+    package_root = Path(__file__).resolve().parents[1]
+    return package_root if (package_root / "pyproject.toml").is_file() else None
+
+
+def stack_file() -> Path:
+    """The stack file: GLMVOICE_STACK_FILE, else build/stack/stack.json of the checkout the working directory
+    is in (where `make up` runs; so `glmvoice chat` finds it from any subdirectory, and each checkout or
+    worktree has its own stack), else of the checkout the package was installed from (chat from outside
+    any checkout), else relative to the working directory."""
+    if os.environ.get("GLMVOICE_STACK_FILE"):
+        return Path(os.environ["GLMVOICE_STACK_FILE"])
+    root = checkout_root()
+    return root / STACK_FILE if root is not None else STACK_FILE
 
 
 def stack_addresses() -> dict:
     """The addresses of the stack `make up` started (empty when none is up)."""
-    path = Path(os.environ.get("GLMVOICE_STACK_FILE", STACK_FILE))
+    path = stack_file()
     return json.loads(path.read_text()) if path.is_file() else {}
 
 

@@ -3,7 +3,8 @@ and the HTTP gateway.
 
 `python -m services.local_stack up --checkpoints DIR` starts them as background processes on free ports
 of 127.0.0.1, trains the tiny checkpoints first where DIR lacks them, prints the addresses and writes them
-with the pids to build/stack/stack.json (glmvoice.client.STACK_FILE, where `glmvoice chat` finds them);
+with the pids to the checkout's build/stack/stack.json (glmvoice.client.stack_file, where `glmvoice chat`
+finds them);
 `... down` stops them. A second `up` reports the stack that is up.
 services.demo and the integration tests use the same pieces in-process (RedisServer, start_triton).
 """
@@ -21,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from glmvoice.client import STACK_FILE
+from glmvoice.client import stack_file
 from services.orchestrator.settings import CHECKPOINT_DIRS
 
 MODELS = {"speech_tokenizer": "tokenizer", "llm": "llm", "speech_decoder": "decoder"}
@@ -80,18 +81,43 @@ class RedisServer:
                 self.process.wait()
 
 
-def ensure_checkpoints(directory: Path) -> list[str]:
-    """Trains the tiny checkpoints (training.tiny, cached by plan) when DIR lacks any network, so a fresh
-    checkout never serves random weights; returns the networks that were missing."""
-    missing = [name for name in CHECKPOINT_DIRS.values()
-               if not (directory / name).is_dir() or not any((directory / name).iterdir())]
-    if missing:
-        print(f"{directory} lacks {', '.join(missing)}: training the tiny checkpoints (python -m training.tiny)",
-              file=sys.stderr, flush=True)
-        # A subprocess, not an import: services never import training (DESIGN.md "Layers").
-        subprocess.run([sys.executable, "-m", "training.tiny", "--out", str(directory)], check=True)
+# What each network's loader reads (glmvoice.models): a directory without one of these serves nothing, or
+# random weights. A tuple is "one of" (single-file or sharded safetensors).
+KEY_FILES = {
+    "glm-4-voice-tokenizer": ("config.json", "preprocessor_config.json", ("model.safetensors", "model.safetensors.index.json")),
+    "glm-4-voice-9b": ("config.json", "tokenizer.model", ("model.safetensors", "model.safetensors.index.json")),
+    "glm-4-voice-decoder": ("config.yaml", "flow.pt", "hift.pt"),
+}
+
+
+def missing_checkpoint_files(directory: Path) -> dict[str, list[str]]:
+    """Network directory -> the key files it lacks (an absent directory lacks them all); empty when complete."""
+    missing = {}
+    for name in CHECKPOINT_DIRS.values():
+        lacking = []
+        for wanted in KEY_FILES[name]:
+            options = wanted if isinstance(wanted, tuple) else (wanted,)
+            if not any((directory / name / option).is_file() for option in options):
+                lacking.append(" or ".join(options))
+        if lacking:
+            missing[name] = lacking
     return missing
 
+
+def ensure_checkpoints(directory: Path) -> list[str]:
+    """Trains the tiny checkpoints (training.tiny, cached by plan) when DIR lacks a key file of any network,
+    so a fresh checkout never serves random weights; returns the networks that were incomplete. Fails when
+    training leaves one incomplete."""
+    missing = missing_checkpoint_files(directory)
+    if missing:
+        lacking = "; ".join(f"{name} lacks {', '.join(files)}" for name, files in missing.items())
+        print(f"{directory}: {lacking}: training the tiny checkpoints (python -m training.tiny)", file=sys.stderr, flush=True)
+        # A subprocess, not an import: services never import training (DESIGN.md "Layers").
+        subprocess.run([sys.executable, "-m", "training.tiny", "--out", str(directory)], check=True)
+        still = missing_checkpoint_files(directory)
+        if still:
+            raise RuntimeError(f"{directory} is still incomplete after training: {still}")
+    return list(missing)
 
 
 def build_model_repository(checkpoints: Path, repository: Path) -> Path:
@@ -138,6 +164,29 @@ def wait_for_health(addr: str, timeout_s: float) -> None:
     raise RuntimeError(f"orchestrator at {addr} not SERVING after {timeout_s:.0f} s")
 
 
+def wait_for_http(url: str, timeout_s: float, process: subprocess.Popen | None = None) -> None:
+    """Polls `url` until it answers 200 (the gateway's /readyz: it is up and its orchestrator SERVING)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{url}: the process exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                if reply.status == 200:
+                    return
+                last = f"HTTP {reply.status}"
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout_s:.0f} s ({last})")
+
+
 def alive(pid: int) -> bool:
     """The process runs (a zombie nobody reaped yet does not)."""
     try:
@@ -169,7 +218,7 @@ def stack_processes(state: dict) -> dict[str, list[int]]:
 
 
 def state_file() -> Path:
-    return Path(os.environ.get("GLMVOICE_STACK_FILE", STACK_FILE))
+    return stack_file()  # the file `glmvoice chat` reads, whatever directory either runs in
 
 
 def running() -> dict | None:
@@ -213,6 +262,7 @@ def up(checkpoints: Path, workdir: Path) -> dict:
     state_file().parent.mkdir(parents=True, exist_ok=True)
     state_file().write_text(json.dumps(state, indent=2))
     wait_for_health(state["orchestrator"], 120)
+    wait_for_http(f"{state['gateway']}/readyz", 60, gateway)  # the addresses printed next all answer
     return state
 
 
@@ -249,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     start = sub.add_parser("up", help="start Redis, Triton, the orchestrator and the gateway in the background")
     start.add_argument("--checkpoints", type=Path, required=True)
-    start.add_argument("--workdir", type=Path, default=Path("build/stack"))
+    start.add_argument("--workdir", type=Path, default=None, help="logs, Redis and the model repository "
+                       "(default: beside the stack file, the checkout's build/stack)")
     sub.add_parser("down", help="stop what `up` started")
     args = parser.parse_args(argv)
     if args.command == "down":
@@ -260,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"the stack is already up (`make down` stops it); its addresses are in {state_file()}:")
     else:
         try:
-            state = up(args.checkpoints, args.workdir)
+            state = up(args.checkpoints, args.workdir or state_file().parent)
         except (RuntimeError, subprocess.CalledProcessError) as exc:
             print(f"make up: {exc}", file=sys.stderr)
             return 2

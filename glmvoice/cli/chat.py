@@ -4,7 +4,7 @@ orchestrator) or, with `--ws`, over the gateway's `/v1/realtime` (the OpenAI Rea
 Streams the WAV as 20 ms frames in the chosen encoding and rate (`--paced`: at the speed of speech), then
 ends the turn (client turn detection; `--server-vad` lets the server's VAD end it after trailing silence),
 writes the reply as a WAV and prints the reply text, session id and latency breakdown as JSON.
-Without `--addr` / a `--ws` URL, the addresses come from what `make up` wrote (glmvoice.client.STACK_FILE).
+Without `--addr` / a `--ws` URL, the addresses come from what `make up` wrote (glmvoice.client.stack_file: the checkout's build/stack/stack.json).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.metadata
 import json
 
 import grpc
@@ -114,6 +115,12 @@ def test_sdk_spoken_turn_at_24k_pcm16(gateway, orchestrator):  # noqa: F811
              "response.content_part.done", "response.output_item.done", "response.done"]
     positions = [types.index(kind) for kind in order]
     assert positions == sorted(positions), types
+    # The transcript streams between the content part's start and the transcript's .done, and adds up to it.
+    deltas = [i for i, kind in enumerate(types) if kind == "response.output_audio_transcript.delta"]
+    assert deltas, types
+    done_at = types.index("response.output_audio_transcript.done")
+    assert types.index("response.content_part.added") < deltas[0] and deltas[-1] < done_at
+    assert "".join(events[i].delta for i in deltas) == events[done_at].transcript != ""
     started = events[types.index("input_audio_buffer.speech_started")]
     assert started.item_id == events[types.index("input_audio_buffer.committed")].item_id
     assert len({e.event_id for e in events}) == len(events)
@@ -130,6 +137,80 @@ def test_sdk_spoken_turn_at_24k_pcm16(gateway, orchestrator):  # noqa: F811
     assert usage.output_token_details.audio_tokens > 0 and usage.input_token_details.audio_tokens > 0
     assert usage.total_tokens == usage.input_tokens + usage.output_tokens
     assert [t.role for t in session_turns(orchestrator, session_id)] == ["user", "assistant"]
+
+
+def agents_sdk_version() -> str | None:
+    try:
+        return importlib.metadata.version("openai-agents")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@pytest.mark.skipif(agents_sdk_version() is None, reason="openai-agents is not installed here (docs/api.md, Frameworks)")
+def test_openai_agents_realtime_runner_completes_a_spoken_turn(gateway, orchestrator):  # noqa: F811
+    """The OpenAI Agents SDK's realtime runner (RealtimeAgent + RealtimeRunner on its own WebSocket model),
+    pointed at the gateway through `model_config` (`url`, `api_key`, `initial_model_settings`): its first
+    session.update is accepted, the recording goes in as its `send_audio` chunks (input_audio_buffer.append),
+    server VAD ends the turn, and the reply comes back as the runner's typed `audio` events and an assistant
+    item in its history whose transcript is the one the server streamed.
+
+    The settings an OpenAI default would get an `error` for are set to what we serve: the voice, no input
+    transcription model, server_vad (the SDK defaults to semantic_vad) and no OpenAI tracing."""
+    from agents.realtime import RealtimeAgent, RealtimeRunner
+
+    settings = {"model_name": "glm-4-voice", "voice": "glm-4-voice", "output_modalities": ["audio"],
+                "input_audio_format": "pcm16", "output_audio_format": "pcm16", "input_audio_transcription": None,
+                "turn_detection": {"type": "server_vad", "threshold": 0.5, "silence_duration_ms": 500},
+                "max_output_tokens": 60, "tracing": None}
+    model_config = {"url": f"ws://{gateway}/v1/realtime?model=glm-4-voice", "api_key": KEYS[0],
+                    "initial_model_settings": settings}
+
+    async def run():
+        runner = RealtimeRunner(RealtimeAgent(name="glm-4-voice", instructions=""))
+        events, raw, history = [], [], {}  # history: item id -> the runner's latest version of the item
+        async with await runner.run(model_config=model_config) as session:
+            speech = encode(clip(24000), "LINEAR16")
+            for start in range(0, len(speech), 4800):  # 100 ms chunks
+                await session.send_audio(speech[start : start + 4800])
+
+            async def collect():
+                async for event in session:
+                    events.append(event)
+                    if event.type == "raw_model_event" and event.data.type == "raw_server_event":
+                        raw.append(event.data.data)
+                    elif event.type == "history_updated":
+                        history.clear()
+                        history.update((item.item_id, item) for item in event.history)
+                    elif event.type == "history_added":
+                        history[event.item.item_id] = event.item
+                    elif event.type == "agent_end":
+                        return
+
+            await asyncio.wait_for(collect(), 180)
+        return events, raw, history
+
+    events, raw, history = asyncio.run(run())
+    assert not [e.error for e in events if e.type == "error"]
+    types = [e["type"] for e in raw]
+    assert types[:2] == ["session.created", "conversation.created"] and "session.updated" in types
+    updated = raw[types.index("session.updated")]["session"]
+    assert updated["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+    assert updated["audio"]["output"]["voice"] == "glm-4-voice" and updated["max_output_tokens"] == 60
+    assert types.index("input_audio_buffer.committed") < types.index("response.created") < types.index("response.done")
+    # Audio: the runner's typed events carry exactly what the server sent, as long as response.done says.
+    pcm = b"".join(e.audio.data for e in events if e.type == "audio")
+    sent = b"".join(base64.b64decode(e["delta"]) for e in raw if e["type"] == "response.output_audio.delta")
+    done = raw[types.index("response.done")]["response"]
+    assert pcm == sent and len(pcm) > 0
+    assert len(pcm) / 2 / 24000 == pytest.approx(done["glmvoice"]["audio_seconds"], abs=1e-3)
+    assert any(e.type == "audio_end" for e in events) and done["status"] in ("completed", "incomplete")
+    # Transcript: the assistant item in the runner's history holds the one the server streamed.
+    transcript = "".join(e["delta"] for e in raw if e["type"] == "response.output_audio_transcript.delta")
+    assert [e["transcript"] for e in raw if e["type"] == "response.output_audio_transcript.done"] == [transcript]
+    assistant = [item for item in history.values() if item.type == "message" and item.role == "assistant"]
+    assert [item.item_id for item in assistant] == [done["output"][0]["id"]]
+    assert assistant[0].content[0].type == "audio" and assistant[0].content[0].transcript == transcript
+    assert [t.role for t in session_turns(orchestrator, done["glmvoice"]["session_id"])] == ["user", "assistant"]
 
 
 def test_sdk_mulaw_client_commits_barge_in_cancel_and_truncate(gateway, orchestrator):  # noqa: F811
@@ -176,6 +257,57 @@ def test_sdk_mulaw_client_commits_barge_in_cancel_and_truncate(gateway, orchestr
     assistant = session_turns(orchestrator, done.model_extra["glmvoice"]["session_id"])[-1]
     assert assistant.speech_tokens == int(played_ms / 1000 / sent_seconds * sent.speech_tokens)
     assert item.content[0].transcript == assistant.text and sent.text.startswith(assistant.text)
+
+
+def test_sdk_truncate_while_the_reply_plays_without_cancel(gateway, orchestrator, triton_settings):  # noqa: F811
+    """Barge-in as many clients send it: conversation.item.truncate alone, while the reply still streams. The
+    reply ends cancelled (client_cancelled), the item is cut to what was played, and the session's history
+    in Redis holds exactly the speech tokens of the played audio and the text before the first one not heard."""
+    async def run():
+        async with sdk(gateway).realtime.connect(model="glm-4-voice") as connection:
+            client = Client(connection)
+            session_id = (await client.next()).session.model_extra["glmvoice"]["session_id"]
+            await connection.session.update(session={
+                "type": "realtime", "max_output_tokens": 400,
+                "audio": {"input": {"format": PCM24, "turn_detection": None}, "output": {"format": PCM24}},
+                "glmvoice": GREEDY,
+            })
+            await client.until("session.updated")
+            await client.stream(encode(clip(24000, 0.0), "LINEAR16"), 4800)
+            await connection.input_audio_buffer.commit()
+            await client.until("conversation.item.done")
+            await connection.response.create()
+            events = await client.until("response.output_audio.delta")
+            item_id = next(e.item.id for e in events if e.type == "response.output_item.added")
+            played_ms = len(base64.b64decode(events[-1].delta)) * 1000 // 24000 // 2  # the first chunk, all heard
+            await connection.conversation.item.truncate(item_id=item_id, content_index=0, audio_end_ms=played_ms)
+            events += await client.until("conversation.item.truncated")
+            await connection.conversation.item.retrieve(item_id=item_id)
+            retrieved = (await client.until("conversation.item.retrieved"))[-1].item
+            return session_id, item_id, played_ms, events, retrieved
+
+    session_id, item_id, played_ms, events, item = asyncio.run(run())
+    types = [e.type for e in events]
+    assert "error" not in types, [e for e in events if e.type == "error"]
+    assert "response.done" in types and types.index("response.done") < types.index("conversation.item.truncated")
+    done = events[types.index("response.done")].response
+    assert done.status == "cancelled" and done.status_details.reason == "client_cancelled"
+    assert done.output[0].id == item_id == events[-1].item_id and events[-1].audio_end_ms == played_ms
+    streamed = "".join(e.delta for e in events if e.type == "response.output_audio_transcript.delta")
+    # The history: the assistant turn the truncate cut, as the conversation item says.
+    user, assistant = session_turns(orchestrator, session_id)
+    assert user.role == "user" and assistant.role == "assistant"
+    assert item.content[0].transcript == assistant.text and streamed.startswith(assistant.text)
+    assert done.output[0].content[0].transcript.startswith(assistant.text)
+    # The cancelled reply kept the speech tokens of the audio it sent: one decoder block per audio chunk, and
+    # each chunk is one output_audio.delta. The truncate keeps those of the played audio, audio per speech
+    # token measured on this reply (observed: the first chunk played to its last whole millisecond keeps 9 of
+    # its 10 tokens).
+    sent_seconds = done.model_extra["glmvoice"]["audio_seconds"]
+    chunks = types.count("response.output_audio.delta")
+    kept = min(chunks * triton_settings.decoder_block_codes, done.usage.output_token_details.audio_tokens)
+    assert sent_seconds * 1000 >= played_ms > 0 and kept > 0
+    assert assistant.speech_tokens == int(played_ms / 1000 / sent_seconds * kept) > 0
 
 
 def test_sdk_server_vad_barge_in_cancels_the_reply(gateway):  # noqa: F811

@@ -12,7 +12,7 @@ ADDRESSES = {"gateway": "http://127.0.0.1:1", "realtime": "ws://127.0.0.1:1/v1/r
 
 
 def test_second_up_says_already_up_and_prints_the_addresses(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GLMVOICE_STACK_FILE", str(tmp_path / "stack" / "stack.json"))
     state = local_stack.state_file()
     state.parent.mkdir(parents=True)
     state.write_text(json.dumps({**ADDRESSES, "pids": {"gateway": os.getpid()}}))
@@ -24,7 +24,7 @@ def test_second_up_says_already_up_and_prints_the_addresses(tmp_path, monkeypatc
 
 def test_a_dead_stack_is_forgotten(tmp_path, monkeypatch):
     """After a reboot the state file names processes that are gone: `up` starts afresh instead of refusing."""
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GLMVOICE_STACK_FILE", str(tmp_path / "stack" / "stack.json"))
     state = local_stack.state_file()
     state.parent.mkdir(parents=True)
     dead = 2 ** 22 + 12345  # above the largest pid Linux hands out: no such process
@@ -48,3 +48,63 @@ def test_down_kills_what_ignores_sigterm_in_a_group(tmp_path, monkeypatch):
     leader.wait(5)
     assert result["killed"] == [{"triton": children}] and len(children) == 2
     assert not any(local_stack.alive(pid) for pid in children)
+
+
+def test_the_stack_file_is_the_checkouts_from_any_directory_in_it(tmp_path, monkeypatch):
+    """`make up` writes build/stack/stack.json at the checkout's root; `glmvoice chat` run from any directory
+    of that checkout reads the same file; GLMVOICE_STACK_FILE overrides both."""
+    from pathlib import Path
+
+    import glmvoice
+    from glmvoice.client import stack_addresses, stack_file
+
+    monkeypatch.delenv("GLMVOICE_STACK_FILE", raising=False)
+    checkout = tmp_path / "checkout"
+    (checkout / "glmvoice").mkdir(parents=True)
+    (checkout / "glmvoice" / "client.py").write_text("")
+    (checkout / "pyproject.toml").write_text("[project]\nname = 'glmvoice'\n")
+    deep = checkout / "docs" / "notes"
+    deep.mkdir(parents=True)
+    written = checkout / "build" / "stack" / "stack.json"
+    written.parent.mkdir(parents=True)
+    written.write_text(json.dumps(ADDRESSES))
+    for where in (checkout, deep):
+        monkeypatch.chdir(where)
+        assert stack_file() == written == local_stack.state_file()
+        assert stack_addresses()["realtime"] == ADDRESSES["realtime"]
+    # Outside any checkout: the checkout the package was imported from.
+    monkeypatch.chdir(tmp_path)
+    assert stack_file() == Path(glmvoice.__file__).resolve().parents[1] / "build" / "stack" / "stack.json"
+    monkeypatch.setenv("GLMVOICE_STACK_FILE", str(tmp_path / "elsewhere.json"))
+    assert stack_file() == tmp_path / "elsewhere.json" and stack_addresses() == {}
+
+
+def complete_checkpoints(root):
+    for name, files in local_stack.KEY_FILES.items():
+        (root / name).mkdir(parents=True)
+        for wanted in files:
+            (root / name / (wanted[0] if isinstance(wanted, tuple) else wanted)).write_bytes(b"x")
+    return root
+
+
+def test_checkpoints_need_every_networks_key_files(tmp_path):
+    """A directory that exists but lacks what a loader reads (a README alone, a decoder without flow.pt, an
+    LM without its tokenizer) is incomplete; sharded safetensors (the index) count as the weights."""
+    root = complete_checkpoints(tmp_path / "ckpt")
+    assert local_stack.missing_checkpoint_files(root) == {}
+    assert local_stack.ensure_checkpoints(root) == []  # complete: nothing is trained
+    (root / "glm-4-voice-decoder" / "flow.pt").unlink()
+    (root / "glm-4-voice-9b" / "tokenizer.model").unlink()
+    llm = root / "glm-4-voice-9b"
+    (llm / "model.safetensors").unlink()
+    (llm / "model.safetensors.index.json").write_text("{}")
+    tokenizer = root / "glm-4-voice-tokenizer"
+    for path in tokenizer.iterdir():
+        path.unlink()
+    (tokenizer / "README.md").write_text("weights go here")
+    assert local_stack.missing_checkpoint_files(root) == {
+        "glm-4-voice-tokenizer": ["config.json", "preprocessor_config.json", "model.safetensors or model.safetensors.index.json"],
+        "glm-4-voice-9b": ["tokenizer.model"],
+        "glm-4-voice-decoder": ["flow.pt"],
+    }
+    assert list(local_stack.missing_checkpoint_files(tmp_path / "none")) == list(local_stack.KEY_FILES)
