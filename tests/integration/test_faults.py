@@ -21,7 +21,7 @@ from services.local_stack import free_port, orchestrator_env, process_groups, wa
 from services.orchestrator.server import OrchestratorThread
 from services.orchestrator.settings import Settings
 from services.triton.launcher import TritonServer, TritonSettings
-from services.triton.replicas import metric
+from services.triton.local_replicas import metric
 from tests.fixtures.redis import redis_server  # noqa: F401 - fixture
 from tests.integration.test_orchestrator import (  # noqa: F401 - shared fixtures and client helpers
     GREEDY,
