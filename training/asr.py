@@ -67,6 +67,7 @@ def transcribe(audio_16k: np.ndarray, language: str = "en") -> str:
     """Greedy (beam 1) transcript of a 16 kHz mono float32 waveform."""
     global _MODEL
     if _MODEL is None:
+        ensure_installed()  # before the import: on a fresh machine faster-whisper is not there yet
         from faster_whisper import WhisperModel
 
         _MODEL = WhisperModel(str(model_dir()), device="cpu", compute_type="int8", cpu_threads=2)
