@@ -12,8 +12,21 @@ from pathlib import Path
 
 import grpc
 
-# Settings read from the environment, by field (the orchestrator's and the gateway's settings share them).
+# Settings read from the environment, by field (the orchestrator's, the gateway's, Triton's and the promoter's).
 TLS_ENVIRONMENT = {"tls_cert_file": "TLS_CERT_FILE", "tls_key_file": "TLS_KEY_FILE", "tls_ca_file": "TLS_CA_FILE"}
+# Servers (orchestrator, Triton): require client certificates signed by TLS_CA_FILE (mTLS).
+CLIENT_AUTH_ENVIRONMENT = "TLS_CLIENT_AUTH"
+# Clients of Triton (orchestrator, promoter): dial it over TLS with the same files; replicas found by pod IP are
+# checked against this name (one the certificate carries, e.g. a Triton Service's DNS name) instead of the IP.
+TRITON_ENVIRONMENT = {"triton_tls": "TRITON_TLS", "triton_tls_server_name": "TRITON_TLS_SERVER_NAME"}
+
+
+def parse_bool(raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
 
 
 @dataclass(frozen=True)
@@ -49,12 +62,37 @@ class TlsFiles:
             return path.read_bytes() if path is not None else None
         return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file), read(self.cert_file))
 
-    def triton_options(self) -> dict:
-        """Keyword arguments for tritonclient.grpc(.aio).InferenceServerClient (it takes file paths)."""
+    @classmethod
+    def from_environ(cls, environ: dict[str, str]) -> TlsFiles:
+        return cls(*(Path(environ[name]) if environ.get(name) else None for name in TLS_ENVIRONMENT.values()))
+
+    def triton_options(self, server_name: str = "") -> dict:
+        """Keyword arguments for tritonclient.grpc(.aio).InferenceServerClient (it takes file paths).
+        `server_name`: the name the server's certificate must carry, whatever address is dialled (a pod IP)."""
         def name(path: Path | None) -> str | None:
             return str(path) if path is not None else None
-        return {"ssl": True, "root_certificates": name(self.ca_file), "private_key": name(self.key_file),
-                "certificate_chain": name(self.cert_file)}
+        options: dict = {"ssl": True, "root_certificates": name(self.ca_file), "private_key": name(self.key_file),
+                         "certificate_chain": name(self.cert_file)}
+        if server_name:
+            import tritonclient.grpc as grpcclient
+
+            # channel_args replaces tritonclient's own channel arguments: keep them, add the name override.
+            keepalive = grpcclient.KeepAliveOptions()
+            options["channel_args"] = [
+                ("grpc.max_send_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+                ("grpc.max_receive_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+                ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+                ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+                ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+                ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+                ("grpc.ssl_target_name_override", server_name),
+            ]
+        return options
+
+
+def triton_client_options(tls: TlsFiles | None, server_name: str = "") -> dict:
+    """InferenceServerClient keyword arguments: plaintext with None, else TLS checked against `server_name`."""
+    return tls.triton_options(server_name) if tls is not None else {}
 
 
 def secure_channel(addr: str, tls: TlsFiles | None) -> grpc.aio.Channel:

@@ -294,7 +294,8 @@ def build_backend(settings: Settings, metrics: Metrics | None = None):
     }
     registry = metrics.registry if metrics is not None else None
     return TritonBackend(addrs, TextTokenizer.from_directory(settings.llm_dir), settings.decoder_block_codes, registry,
-                         tls=settings.tls if settings.triton_tls else None)
+                         tls=settings.tls if settings.triton_tls else None,
+                         tls_server_name=settings.triton_tls_server_name)
 
 
 class Orchestrator:

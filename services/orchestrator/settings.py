@@ -10,7 +10,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.tls import TLS_ENVIRONMENT, TlsFiles
+from services.tls import CLIENT_AUTH_ENVIRONMENT, TLS_ENVIRONMENT, TRITON_ENVIRONMENT, TlsFiles, parse_bool
 
 BACKENDS = ("triton", "inprocess", "baseline")  # baseline: the official-style runtime (backends/baseline.py)
 CHECKPOINT_DIRS = {"tokenizer": "glm-4-voice-tokenizer", "llm": "glm-4-voice-9b", "decoder": "glm-4-voice-decoder"}
@@ -67,12 +67,14 @@ class Settings:
     quota_sessions_per_minute: int = 60  # new sessions per key per minute
     quota_audio_s_per_minute: float = 600.0  # seconds of user audio per key per minute
     # TLS (services/tls.py): the gRPC port serves TLS when a certificate is set, and requires client certificates
-    # signed by tls_ca_file with tls_client_auth (mTLS); triton_tls reaches Triton over TLS with the same files.
+    # signed by tls_ca_file with tls_client_auth (mTLS); triton_tls reaches Triton over TLS with the same files,
+    # checking each replica's certificate for triton_tls_server_name when set (replicas found by pod IP).
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_ca_file: Path | None = None
     tls_client_auth: bool = False
     triton_tls: bool = False
+    triton_tls_server_name: str = ""
 
     @property
     def tls(self) -> TlsFiles:
@@ -115,6 +117,8 @@ class Settings:
             self.tls.check().server_credentials(self.tls_client_auth)
         except ValueError as exc:
             raise SettingsError(str(exc)) from exc
+        if self.triton_tls_server_name and not self.triton_tls:
+            raise SettingsError("TRITON_TLS_SERVER_NAME needs TRITON_TLS")
         for name in ("redis_timeout_s", "max_turn_s", "stream_idle_s", "connection_idle_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{ENVIRONMENT[name]} must be > 0")
@@ -133,7 +137,7 @@ class Settings:
             if raw is not None:
                 kind = type(getattr(cls, name)) if name not in PATHS else Path
                 try:
-                    values[name] = _parse_bool(raw) if kind is bool else kind(raw)
+                    values[name] = parse_bool(raw) if kind is bool else kind(raw)
                 except ValueError as exc:
                     raise SettingsError(f"{env_name} (--{name.replace('_', '-')}): {exc}") from exc
         return cls(**values)
@@ -152,14 +156,7 @@ ENVIRONMENT = {
     "redis_ca_file": "REDIS_CA_FILE", "max_turn_s": "MAX_TURN_S", "stream_idle_s": "STREAM_IDLE_S",
     "connection_idle_s": "CONNECTION_IDLE_S", "quota_streams": "QUOTA_STREAMS",
     "quota_sessions_per_minute": "QUOTA_SESSIONS_PER_MINUTE", "quota_audio_s_per_minute": "QUOTA_AUDIO_S_PER_MINUTE",
-    **TLS_ENVIRONMENT, "tls_client_auth": "TLS_CLIENT_AUTH", "triton_tls": "TRITON_TLS",
+    **TLS_ENVIRONMENT, "tls_client_auth": CLIENT_AUTH_ENVIRONMENT, **TRITON_ENVIRONMENT,
 }
 PATHS = frozenset({"checkpoints", "tokenizer_dir", "api_keys_file", "redis_ca_file", *TLS_ENVIRONMENT})
 
-
-def _parse_bool(raw: str) -> bool:
-    if raw.lower() in ("1", "true", "yes", "on"):
-        return True
-    if raw.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {raw!r}")

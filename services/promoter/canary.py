@@ -16,6 +16,7 @@ import tritonclient.grpc as grpcclient
 
 from glmvoice.runtime import llm_contract
 from glmvoice.sampling import SamplingParams
+from services.promoter.replicas import Replica
 
 
 class CanaryError(RuntimeError):
@@ -34,9 +35,11 @@ def _corrid(url: str, version: int) -> int:
     return (1 << 62) | zlib.crc32(f"canary:{url}:{version}".encode())
 
 
-def _stream(url: str, model: str, version: int, inputs, timeout_s: float, output: str, **kwargs) -> list[np.ndarray]:
+def _stream(replica: Replica, model: str, version: int, inputs, timeout_s: float, output: str,
+            **kwargs) -> list[np.ndarray]:
     """A decoupled request over a gRPC stream; returns every non-empty `output` until the FINAL flag."""
-    client = grpcclient.InferenceServerClient(url)
+    url = replica.url
+    client = replica.client()
     chunks: list[np.ndarray] = []
     errors: list[str] = []
     final = threading.Event()
@@ -68,7 +71,7 @@ def _stream(url: str, model: str, version: int, inputs, timeout_s: float, output
     return chunks
 
 
-def llm_canary(url: str, version: int, checkpoint: Path, timeout_s: float) -> dict:
+def llm_canary(replica: Replica, version: int, checkpoint: Path, timeout_s: float) -> dict:
     from glmvoice.models.llm_checkpoint import load_config
     from glmvoice.models.text_tokenizer import TextTokenizer
 
@@ -76,20 +79,22 @@ def llm_canary(url: str, version: int, checkpoint: Path, timeout_s: float) -> di
     prompt = TextTokenizer.from_directory(checkpoint).encode_prompt("hello")
     arrays = llm_contract.request_inputs(prompt, 4, SamplingParams(temperature=0.0))  # greedy, 4 ids
     inputs = [_tensor(name, array) for name, array in arrays.items()]
-    chunks = _stream(url, llm_contract.MODEL_NAME, version, inputs, timeout_s, llm_contract.OUTPUT_IDS)
+    url = replica.url
+    chunks = _stream(replica, llm_contract.MODEL_NAME, version, inputs, timeout_s, llm_contract.OUTPUT_IDS)
     ids = [int(i) for chunk in chunks for i in chunk]
     if not ids or not all(0 <= i < vocab for i in ids):
         raise CanaryError(f"llm v{version} at {url}: greedy reply {ids} is empty or outside the vocabulary ({vocab})")
     return {"reply_ids": ids}
 
 
-def speech_tokenizer_canary(url: str, version: int, checkpoint: Path, timeout_s: float) -> dict:
+def speech_tokenizer_canary(replica: Replica, version: int, checkpoint: Path, timeout_s: float) -> dict:
     from glmvoice.models.speech_tokenizer import read_speech_tokenizer_config
 
     codebook = read_speech_tokenizer_config(checkpoint).quantize_vocab_size
     rate = 16000
     clip = (0.3 * np.sin(2 * np.pi * 220 * np.arange(rate) / rate)).astype(np.float32)
-    client = grpcclient.InferenceServerClient(url)
+    url = replica.url
+    client = replica.client()
     try:
         inputs = [_tensor("AUDIO", clip[None]), _tensor("SAMPLE_RATE", np.array([[rate]], np.int32))]
         result = client.infer("speech_tokenizer", inputs, model_version=str(version), sequence_id=_corrid(url, version),
@@ -105,12 +110,13 @@ def speech_tokenizer_canary(url: str, version: int, checkpoint: Path, timeout_s:
     return {"codes": len(codes)}
 
 
-def speech_decoder_canary(url: str, version: int, checkpoint: Path, timeout_s: float) -> dict:
+def speech_decoder_canary(replica: Replica, version: int, checkpoint: Path, timeout_s: float) -> dict:
     from glmvoice.models.speech_decoder import read_decoder_config
 
     codebook = read_decoder_config(checkpoint).flow.vocab_size
     block = (np.arange(10, dtype=np.int64) * 7919) % codebook  # one 0.8 s block of varied codes
-    chunks = _stream(url, "speech_decoder", version, [_tensor("CODES", block[None])], timeout_s, "AUDIO",
+    url = replica.url
+    chunks = _stream(replica, "speech_decoder", version, [_tensor("CODES", block[None])], timeout_s, "AUDIO",
                      sequence_id=_corrid(url, version), sequence_start=True, sequence_end=True)
     audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     if audio.size == 0 or not np.isfinite(audio).all():
@@ -122,7 +128,10 @@ def speech_decoder_canary(url: str, version: int, checkpoint: Path, timeout_s: f
 CANARIES = {"llm": llm_canary, "speech_tokenizer": speech_tokenizer_canary, "speech_decoder": speech_decoder_canary}
 
 
-def run_canary(url: str, model: str, version: int, checkpoint: Path, timeout_s: float = 60.0) -> dict:
+def run_canary(replica: Replica | str, model: str, version: int, checkpoint: Path, timeout_s: float = 60.0) -> dict:
+    """`replica`: a Replica (its TLS settings), or a plaintext host:port."""
     if model not in CANARIES:
         raise ValueError(f"no canary for model {model!r}; expected one of {sorted(CANARIES)}")
-    return CANARIES[model](url, version, Path(checkpoint), timeout_s)
+    if isinstance(replica, str):
+        replica = Replica(replica, replica)
+    return CANARIES[model](replica, version, Path(checkpoint), timeout_s)

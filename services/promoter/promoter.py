@@ -23,6 +23,7 @@ from pathlib import Path
 from services.promoter.registry import Checkpoint, Event, Registry, RegistryError, now_iso
 from services.promoter.replicas import Replica
 from services.promoter.rollout import RolloutError, RolloutPlan, rollout
+from services.tls import TRITON_ENVIRONMENT, TlsFiles, parse_bool
 from services.triton.repository import MODELS, add_version
 
 
@@ -40,11 +41,16 @@ class PromoterSettings:
     canary_timeout_s: float = 120.0
     load_timeout_s: float = 900.0
     lock_timeout_s: float = 3600.0
+    # TRITON_TLS: dial the replicas over TLS with the pod's files (TLS_CERT_FILE, TLS_KEY_FILE, TLS_CA_FILE),
+    # checking their certificate for TRITON_TLS_SERVER_NAME (pods are dialled by IP).
+    triton_tls: TlsFiles | None = None
+    triton_tls_server_name: str = ""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides) -> PromoterSettings:
         """REDIS_ADDR, GLMVOICE_MODEL_REPOSITORY, GLMVOICE_STORE, GLMVOICE_SERVING_CHECKPOINTS, TRITON_ADDRS
-        (comma-separated host:grpc_port) or POD_NAMESPACE + TRITON_LABEL_SELECTOR + TRITON_GRPC_PORT."""
+        (comma-separated host:grpc_port) or POD_NAMESPACE + TRITON_LABEL_SELECTOR + TRITON_GRPC_PORT; TRITON_TLS
+        and TRITON_TLS_SERVER_NAME with the TLS_* files."""
         env = dict(os.environ if env is None else env)
         values = {
             "redis_addr": env.get("REDIS_ADDR", ""),
@@ -57,6 +63,9 @@ class PromoterSettings:
             "grpc_port": int(env.get("TRITON_GRPC_PORT", "8001")),
             "device": env.get("GLMVOICE_DEVICE", "auto"),
         }
+        if parse_bool(env.get(TRITON_ENVIRONMENT["triton_tls"]) or "false"):
+            values["triton_tls"] = TlsFiles.from_environ(env).check()
+            values["triton_tls_server_name"] = env.get(TRITON_ENVIRONMENT["triton_tls_server_name"], "")
         values.update({k: v for k, v in overrides.items() if v not in (None, "", ())})
         for key, name in (("redis_addr", "REDIS_ADDR"), ("model_repository", "GLMVOICE_MODEL_REPOSITORY"),
                           ("store", "GLMVOICE_STORE")):
@@ -81,8 +90,9 @@ def redis_client(addr: str, password: str = ""):
 def discover_replicas(settings: PromoterSettings, core_api=None) -> list[Replica]:
     from services.promoter.replicas import pod_replicas, static_replicas
 
+    tls = (settings.triton_tls, settings.triton_tls_server_name)
     if settings.triton_addrs:
-        return static_replicas(list(settings.triton_addrs))
+        return static_replicas(list(settings.triton_addrs), *tls)
     if core_api is None:
         from kubernetes import client, config
 
@@ -91,7 +101,7 @@ def discover_replicas(settings: PromoterSettings, core_api=None) -> list[Replica
         except config.ConfigException:
             config.load_kube_config()
         core_api = client.CoreV1Api()
-    return pod_replicas(core_api, settings.namespace, settings.label_selector, settings.grpc_port)
+    return pod_replicas(core_api, settings.namespace, settings.label_selector, settings.grpc_port, *tls)
 
 
 def read_evaluation(checkpoint: Path) -> dict:

@@ -41,7 +41,7 @@ def _move(control: TritonControl, plan: RolloutPlan) -> dict:
     control.load()
     if not control.is_ready(plan.new):
         raise RolloutError(f"{control.replica.name}: {plan.model} v{plan.new} loaded but not ready")
-    canary = run_canary(control.replica.url, plan.model, plan.new, plan.checkpoint, plan.canary_timeout_s)
+    canary = run_canary(control.replica, plan.model, plan.new, plan.checkpoint, plan.canary_timeout_s)
     return {"replica": control.replica.name, "canary": canary, "seconds": round(time.monotonic() - started, 2)}
 
 

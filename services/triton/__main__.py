@@ -9,10 +9,14 @@ import argparse
 import os
 from pathlib import Path
 
+from services.tls import CLIENT_AUTH_ENVIRONMENT, TLS_ENVIRONMENT, TlsFiles, parse_bool
 from services.triton.launcher import TritonSettings, _wheel_root, prepare_backends, server_environment
 
 
-def parse_settings(argv: list[str] | None = None) -> TritonSettings:
+def parse_settings(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> TritonSettings:
+    """Flags, and the TLS files from the environment (TLS_CERT_FILE, TLS_KEY_FILE, TLS_CA_FILE, TLS_CLIENT_AUTH)
+    as the chart sets them for every gRPC server."""
+    environ = dict(os.environ if environ is None else environ)
     parser = argparse.ArgumentParser(prog="python -m services.triton", description=__doc__.splitlines()[0])
     parser.add_argument("--model-repository", type=Path, required=True)
     parser.add_argument("--models", default="", help="comma-separated models to load at start")
@@ -22,6 +26,9 @@ def parse_settings(argv: list[str] | None = None) -> TritonSettings:
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--backend-directory", type=Path, default=Path("/tmp/glmvoice-triton-backends"))
     parser.add_argument("--log-verbose", type=int, default=0)
+    for name, env_name in TLS_ENVIRONMENT.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=Path, default=environ.get(env_name) or None)
+    parser.add_argument("--tls-client-auth", type=parse_bool, default=environ.get(CLIENT_AUTH_ENVIRONMENT) or "false")
     args = parser.parse_args(argv)
     if not args.model_repository.is_dir():
         parser.error(f"--model-repository {args.model_repository} is not a directory")
@@ -34,11 +41,13 @@ def parse_settings(argv: list[str] | None = None) -> TritonSettings:
         metrics_port=args.metrics_port,
         backend_directory=args.backend_directory,
         log_verbose=args.log_verbose,
+        tls=TlsFiles(args.tls_cert_file, args.tls_key_file, args.tls_ca_file),  # argparse made them Paths
+        tls_client_auth=args.tls_client_auth,
     )
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = parse_settings(argv)
+    settings = parse_settings(argv).check()
     prepare_backends(settings.backend_directory)
     command = settings.command(_wheel_root() / "bin" / "tritonserver")
     os.execve(command[0], command, server_environment())

@@ -18,6 +18,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.tls import TlsFiles
+
 
 class TritonStartError(RuntimeError):
     """The server exited or did not become ready in time."""
@@ -36,6 +38,16 @@ class TritonSettings:
     backend_directory: Path = field(default_factory=lambda: Path(os.environ.get("TMPDIR", "/tmp")) / "glmvoice-triton-backends")
     log_verbose: int = 0
     exit_timeout_s: int = 5
+    # TLS on the gRPC port (services/tls.py's files): served with tls.cert_file; with tls_client_auth, clients
+    # must present a certificate tls.ca_file signed (mTLS). The HTTP port stays plaintext: tritonserver has no
+    # TLS for it; it carries the kubelet's probes and this launcher's readiness check only.
+    tls: TlsFiles = TlsFiles()
+    tls_client_auth: bool = False
+
+    def check(self) -> TritonSettings:
+        """Fails at start, naming the missing TLS file (the same rules as the orchestrator's port)."""
+        self.tls.check().server_credentials(self.tls_client_auth)
+        return self
 
     def command(self, binary: Path) -> list[str]:
         cmd = [
@@ -53,6 +65,13 @@ class TritonSettings:
             f"--exit-timeout-secs={self.exit_timeout_s}",
             f"--log-verbose={self.log_verbose}",
         ]
+        if self.tls.cert_file is not None:
+            cmd += ["--grpc-use-ssl=true", f"--grpc-server-cert={self.tls.cert_file}",
+                    f"--grpc-server-key={self.tls.key_file}"]
+            if self.tls.ca_file is not None:
+                cmd.append(f"--grpc-root-cert={self.tls.ca_file}")
+            if self.tls_client_auth:
+                cmd.append("--grpc-use-ssl-mutual=true")
         cmd += [f"--load-model={name}" for name in self.models]
         return cmd
 
@@ -123,6 +142,7 @@ class TritonServer:
     def start(self, ready_timeout_s: float = 120.0, detach: bool = False) -> TritonServer:
         """`detach`: a session (and process group) of its own, so whoever stops it can reach the python
         backend stubs too, which ignore SIGTERM and outlive a server that exits without unloading them."""
+        self.settings.check()
         prepare_backends(self.settings.backend_directory)
         binary = _wheel_root() / "bin" / "tritonserver"
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
@@ -134,6 +154,7 @@ class TritonServer:
         return self
 
     def wait_ready(self, timeout_s: float) -> None:
+        """Over HTTP (plaintext with TLS on too: only the gRPC port serves TLS)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:

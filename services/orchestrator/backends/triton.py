@@ -26,7 +26,7 @@ from glmvoice.runtime import llm_contract
 from services.orchestrator.backends import STATUS_ERRORS, LMRequest, time_left
 from services.orchestrator.errors import BackendUnavailable, DeadlineExceeded, OrchestratorError
 from services.orchestrator.routing import RoutedStream, Router, RoutingMetrics, replica_source
-from services.tls import TlsFiles
+from services.tls import TlsFiles, triton_client_options
 
 MODELS = ("speech_tokenizer", "llm", "speech_decoder")
 # model_repo/speech_tokenizer/config.pbtxt: streams take 16 kHz audio only (the model's own rate).
@@ -248,17 +248,20 @@ def release_sequence(client: grpcaio.InferenceServerClient, model: str, corrid: 
 
 
 class TritonBackend:
-    """`addrs`: per model, a replica setting (routing.replica_source): a static list or a Service's EndpointSlices."""
+    """`addrs`: per model, a replica setting (routing.replica_source): a static list or a Service's EndpointSlices.
+    `tls`: dial every replica over TLS; `tls_server_name`: the name their certificate carries (EndpointSlice
+    replicas are dialled by pod IP, which the certificate does not name)."""
 
     def __init__(self, addrs: dict[str, str], text_tokenizer: TextTokenizer, decoder_block: int,
-                 registry: CollectorRegistry | None = None, kube_config=None, tls: TlsFiles | None = None):
+                 registry: CollectorRegistry | None = None, kube_config=None, tls: TlsFiles | None = None,
+                 tls_server_name: str = ""):
         self.addrs = addrs
         self.decoder_block = decoder_block
         self.text_tokenizer = text_tokenizer
         self.input_rate = TOKENIZER_STREAM_RATE
         self.max_seq_len = 0
         metrics = RoutingMetrics(registry)
-        options = tls.triton_options() if tls is not None else {}
+        options = triton_client_options(tls, tls_server_name)
 
         def connect(addr: str) -> grpcaio.InferenceServerClient:
             return grpcaio.InferenceServerClient(addr, **options)
