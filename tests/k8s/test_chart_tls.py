@@ -1,7 +1,7 @@
 """TLS on the gRPC hops as the chart sets it up: the Secret mounted where the env points, the gateway dialling
 TLS, probes that speak TLS, and a certificate naming what is dialled. Off by default (plaintext)."""
 
-from tests.k8s.test_chart import RELEASE, by_kind, containers, helm, pod_spec, render  # noqa: F401 - fixture
+from tests.k8s.test_chart import NAMESPACE, RELEASE, by_kind, containers, helm, pod_spec, render  # noqa: F401 - fixture
 
 TLS_DIR = "/etc/glmvoice/tls"
 
@@ -42,3 +42,56 @@ def test_mtls_values_mount_the_secret_where_the_env_points(helm):  # noqa: F811
     assert {"server auth", "client auth"} <= set(certificate["spec"]["usages"])
     assert certificate["spec"]["issuerRef"] == {"name": "glmvoice-internal-ca", "kind": "ClusterIssuer",
                                                 "group": "cert-manager.io"}
+
+
+def test_tls_values_carry_tls_to_every_triton_hop(helm):  # noqa: F811
+    """Triton serves the Secret's identity (mTLS with tls.clientAuth); the orchestrator and the promoter's Jobs dial
+    it over TLS and, since they dial pod IPs, check one name the certificate carries (TRITON_TLS_SERVER_NAME)."""
+    jobs = ("jobs.promote.enabled=true", "jobs.promote.candidate=run-1", "jobs.rollback.enabled=true",
+            "jobs.rollback.runId=undo-1")
+    docs = render(helm, "tls-values.yaml", *jobs)
+    (certificate,) = by_kind(docs, "Certificate").values()
+    names = set(certificate["spec"]["dnsNames"])
+    server_name = f"{RELEASE}-glmvoice-triton.{NAMESPACE}.svc"
+    assert server_name in names
+    deployments = by_kind(docs, "Deployment")
+    tritons = {name: d for name, d in deployments.items() if name.startswith(f"{RELEASE}-glmvoice-triton-")}
+    assert len(tritons) == 3
+    services = set(by_kind(docs, "Service"))
+    for name, deployment in tritons.items():
+        # The model's Service, and its headless -replicas Service (EndpointSlices), under every DNS spelling.
+        for service in (name, f"{name}-replicas"):
+            assert service in services
+            assert {service, f"{service}.{NAMESPACE}", f"{service}.{NAMESPACE}.svc"} <= names, service
+        spec = pod_spec(deployment)
+        container = spec["containers"][0]
+        env = env_of(container)
+        assert env["TLS_CLIENT_AUTH"] == "true" and "TRITON_TLS" not in env, name
+        assert {env[k] for k in ("TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CA_FILE")} == {
+            f"{TLS_DIR}/tls.crt", f"{TLS_DIR}/tls.key", f"{TLS_DIR}/ca.crt"}
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == TLS_DIR]
+        (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+        assert volume["secret"]["secretName"] == "glmvoice-internal-tls"
+        # The kubelet's probes stay on the plaintext HTTP port (tritonserver has no TLS there).
+        assert container["readinessProbe"]["httpGet"]["port"] == "http"
+    orchestrator = env_of(pod_spec(deployments[f"{RELEASE}-glmvoice-orchestrator"])["containers"][0])
+    assert orchestrator["TRITON_TLS"] == "true" and orchestrator["TRITON_TLS_SERVER_NAME"] == server_name
+    promoter_jobs = [j for j in by_kind(docs, "Job").values()
+                     if j["metadata"]["labels"]["app.kubernetes.io/component"] == "promoter"]
+    assert len(promoter_jobs) == 2
+    for job in promoter_jobs:
+        spec = pod_spec(job)
+        env = env_of(spec["containers"][0])
+        assert env["TRITON_TLS"] == "true" and env["TRITON_TLS_SERVER_NAME"] == server_name
+        assert "ORCHESTRATOR_TLS" not in env and "TLS_CLIENT_AUTH" not in env
+        (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if m["mountPath"] == TLS_DIR]
+        (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+        assert env["TLS_CA_FILE"] == f"{TLS_DIR}/ca.crt" and volume["secret"]["secretName"] == "glmvoice-internal-tls"
+
+
+def test_without_tls_triton_and_the_promoter_stay_plaintext(helm):  # noqa: F811
+    docs = render(helm, None, "jobs.promote.enabled=true", "jobs.promote.candidate=run-1")
+    for workload in [*by_kind(docs, "Deployment").values(), *by_kind(docs, "Job").values()]:
+        spec = pod_spec(workload)
+        assert not {"TRITON_TLS", "TLS_CERT_FILE"} & set(env_of(spec["containers"][0])), workload["metadata"]["name"]
+        assert not [v for v in spec.get("volumes", []) if v["name"] == "grpc-tls"]

@@ -343,14 +343,26 @@ spec:
 
 {{/*
 TLS on the gRPC hops (services/tls.py): one Secret in the cert-manager layout (tls.crt, tls.key, ca.crt),
-mounted in the orchestrator and the gateway. Takes the root context; "glmvoice.tlsEnv" takes {"ctx", "role"}:
-"server" (serves TLS, mTLS with tls.clientAuth) or "client" (dials the orchestrator over TLS).
+mounted in the orchestrator, the gateway, every Triton pod and the promoter's Jobs. Takes the root context;
+"glmvoice.tlsEnv" takes {"ctx", "role", "triton"}: role "server" (serves TLS, mTLS with tls.clientAuth: the
+orchestrator, Triton), "client" (the gateway: dials the orchestrator over TLS) or "" (files only); triton: true
+dials Triton over TLS (the orchestrator, the promoter), checking "glmvoice.tritonTlsName" on every replica.
 */}}
 {{- define "glmvoice.tlsSecretName" -}}
 {{- default (include "glmvoice.componentName" (dict "ctx" . "component" "grpc-tls")) .Values.tls.secretName }}
 {{- end }}
 
 {{- define "glmvoice.tlsDir" -}}/etc/glmvoice/tls{{- end }}
+
+{{/*
+The name Triton's clients check its certificate for (TRITON_TLS_SERVER_NAME): replicas are dialled by pod IP
+(EndpointSlices, the promoter's pod list), which no certificate names. Every Triton pod shares the release's
+one identity, so one name stands for all of them: "<fullname>-triton.<namespace>.svc", carried by the
+certificate beside each Triton Service's own names.
+*/}}
+{{- define "glmvoice.tritonTlsName" -}}
+{{- printf "%s.%s.svc" (include "glmvoice.componentName" (dict "ctx" . "component" "triton")) .Release.Namespace }}
+{{- end }}
 
 {{- define "glmvoice.tlsEnv" -}}
 {{- $ctx := .ctx }}
@@ -365,9 +377,15 @@ mounted in the orchestrator and the gateway. Takes the root context; "glmvoice.t
 {{- if eq .role "server" }}
 - name: TLS_CLIENT_AUTH
   value: {{ $ctx.Values.tls.clientAuth | quote }}
-{{- else }}
+{{- else if eq .role "client" }}
 - name: ORCHESTRATOR_TLS
   value: "true"
+{{- end }}
+{{- if .triton }}
+- name: TRITON_TLS
+  value: "true"
+- name: TRITON_TLS_SERVER_NAME
+  value: {{ include "glmvoice.tritonTlsName" $ctx | quote }}
 {{- end }}
 {{- end }}
 {{- end }}

@@ -2,7 +2,8 @@
 A one-off Job running one glmvoice command. Takes:
   ctx, component, name, job (train|evaluate|promote|rollback), command (list),
   spec (resources, gpu, nodeSelector, tolerations, affinity, activeDeadlineSeconds),
-  serviceAccount, mounts (dict volume-name -> readOnly, of "store" and "models"), env (list).
+  serviceAccount, mounts (dict volume-name -> readOnly, of "store" and "models"; "tls": the gRPC TLS Secret
+  when tls.enabled), env (list).
 */}}
 {{- define "glmvoice.job" -}}
 {{- $ctx := .ctx }}
@@ -64,6 +65,9 @@ spec:
               mountPath: /models
               readOnly: {{ .mounts.models }}
             {{- end }}
+            {{- if hasKey .mounts "tls" }}
+            {{- with include "glmvoice.tlsMount" $ctx }}{{ . | nindent 12 }}{{ end }}
+            {{- end }}
       volumes:
         {{- include "glmvoice.tmpVolume" $ctx | nindent 8 }}
         {{- if hasKey .mounts "store" }}
@@ -75,6 +79,9 @@ spec:
         - name: models
           persistentVolumeClaim:
             claimName: {{ include "glmvoice.modelRepositoryClaim" $ctx }}
+        {{- end }}
+        {{- if hasKey .mounts "tls" }}
+        {{- with include "glmvoice.tlsVolume" $ctx }}{{ . | nindent 8 }}{{ end }}
         {{- end }}
 {{- end }}
 
@@ -108,4 +115,7 @@ how to find the Triton pods of the model it swaps. Takes {"ctx", "model"}.
   value: {{ include "glmvoice.selectorString" (dict "ctx" .ctx "component" "triton" "model" .model) | quote }}
 - name: TRITON_GRPC_PORT
   value: {{ .ctx.Values.triton.ports.grpc | quote }}
+{{- with include "glmvoice.tlsEnv" (dict "ctx" .ctx "role" "" "triton" true) }}
+{{ . }}
+{{- end }}
 {{- end }}
