@@ -94,15 +94,20 @@ def quantities(resources: dict) -> dict:
     return {part: {name: str(value) for name, value in values.items()} for part, values in resources.items()}
 
 
-def test_jobs_match_the_charts_job_templates(helm):
+@pytest.mark.parametrize("tls", [False, True])
+def test_jobs_match_the_charts_job_templates(helm, tls):
+    """With tls.enabled the promote Job also mounts the gRPC TLS Secret and dials Triton over TLS."""
     values = {"train": ["jobs.train.runId=r42", "jobs.train.gpu=1"], "evaluate": ["jobs.evaluate.candidate=r42"],
               "promote": ["jobs.promote.candidate=r42"]}
-    ours_settings = settings("voice").with_resources("train", gpu=1)
+    ours_settings = settings("voice", tls_secret="internal-tls" if tls else "").with_resources("train", gpu=1)
+    tls_sets = ["tls.enabled=true", "tls.secretName=internal-tls"] if tls else []
     for kind, sets in values.items():
         docs = yaml.safe_load_all(template(helm, None, f"jobs.{kind}.enabled=true", "image.repository=registry.example/glmvoice",
-                                           "image.tag=0.1.0", *sets, namespace="voice"))
+                                           "image.tag=0.1.0", *sets, *tls_sets, namespace="voice"))
         [rendered] = [d for d in docs if d and d["kind"] == "Job"]
         ours = build_job(ours_settings, kind, "llm", "r42")
+        assert ("TRITON_TLS" in {e["name"] for e in ours["spec"]["template"]["spec"]["containers"][0]["env"]}) is (
+            tls and kind == "promote")
         assert ours["metadata"]["name"] == rendered["metadata"]["name"]
         theirs_pod, ours_pod = rendered["spec"]["template"]["spec"], ours["spec"]["template"]["spec"]
         for key in ("serviceAccountName", "automountServiceAccountToken", "securityContext", "volumes", "restartPolicy"):

@@ -2,7 +2,7 @@
 
 `--chain` continues train → evaluate → promote on the same run id and stops at the first Job that fails,
 is deleted or times out. Prints one JSON object with every Job's outcome; the exit code is 0 only if all
-succeeded. Settings: flags, else GLMVOICE_IMAGE, POD_NAMESPACE, GLMVOICE_RELEASE, REDIS_ADDR.
+succeeded. Settings: flags, else GLMVOICE_IMAGE, POD_NAMESPACE, GLMVOICE_RELEASE, REDIS_ADDR, GLMVOICE_TLS_SECRET.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ def add_arguments(parser) -> None:
     submit.add_argument("--image", default=None, help="default $GLMVOICE_IMAGE")
     submit.add_argument("--release", default=None, help="Helm release name (default $GLMVOICE_RELEASE or glmvoice)")
     submit.add_argument("--redis", default=None, help="REDIS_ADDR for the promote Job (default: the chart's Redis)")
+    submit.add_argument("--tls-secret", default=None,
+                        help="the chart's gRPC TLS Secret when tls.enabled: the promote Job dials Triton over TLS "
+                             "(default $GLMVOICE_TLS_SECRET; empty: plaintext)")
     submit.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, else ~/.kube/config)")
 
 
@@ -64,7 +67,8 @@ def run(args) -> int:
                  or (context or {}).get("context", {}).get("namespace") or "default")
     settings = JobSettings(namespace=namespace, image=image,
                            release=args.release or os.environ.get("GLMVOICE_RELEASE", "glmvoice"),
-                           redis_addr=args.redis or os.environ.get("REDIS_ADDR", ""))
+                           redis_addr=args.redis or os.environ.get("REDIS_ADDR", ""),
+                           tls_secret=args.tls_secret or os.environ.get("GLMVOICE_TLS_SECRET", ""))
     for kind in ("train", "evaluate"):
         spec = settings.resources[kind]
         changes = {"requests": {**spec.requests, **({"cpu": args.cpu} if args.cpu else {}),

@@ -16,6 +16,7 @@ KINDS = ("train", "evaluate", "promote")
 COMPONENT = {"train": "training", "evaluate": "training", "promote": "promoter"}
 STORE_MOUNT = "/store"
 MODELS_MOUNT = "/models"
+TLS_MOUNT = "/etc/glmvoice/tls"  # the chart's glmvoice.tlsDir
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class JobSettings:
     redis_addr: str = ""  # for the promote Job; empty: the bundled Redis Service <fullname>-redis:6379
     triton_http_port: int = 8000
     triton_grpc_port: int = 8001
+    # The chart's gRPC TLS Secret when its tls.enabled (tls.secretName, or <fullname>-grpc-tls): the promote Job
+    # dials Triton over TLS with it. Empty: plaintext.
+    tls_secret: str = ""
     resources: dict = field(default_factory=lambda: {"train": JobResources(), "evaluate": JobResources(),
                                                      "promote": PROMOTER_RESOURCES})
 
@@ -109,6 +113,12 @@ def _env(settings: JobSettings, kind: str, model: str) -> list[dict]:
                 {"name": "TRITON_LABEL_SELECTOR", "value": selector},
                 {"name": "TRITON_HTTP_PORT", "value": str(settings.triton_http_port)},
                 {"name": "TRITON_GRPC_PORT", "value": str(settings.triton_grpc_port)}]
+        if settings.tls_secret:  # as the chart's glmvoice.tlsEnv with triton: true
+            env += [{"name": "TLS_CERT_FILE", "value": f"{TLS_MOUNT}/tls.crt"},
+                    {"name": "TLS_KEY_FILE", "value": f"{TLS_MOUNT}/tls.key"},
+                    {"name": "TLS_CA_FILE", "value": f"{TLS_MOUNT}/ca.crt"},
+                    {"name": "TRITON_TLS", "value": "true"},
+                    {"name": "TRITON_TLS_SERVER_NAME", "value": f"{settings.prefix}-triton.{settings.namespace}.svc"}]
     return env
 
 
@@ -148,6 +158,9 @@ def build_job(settings: JobSettings, kind: str, model: str, run_id: str, preset:
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": settings.tmp_size}}] + [
             {"name": name, "persistentVolumeClaim": {"claimName": claims[name]}} for name in mounts],
     }
+    if kind == "promote" and settings.tls_secret:
+        pod_spec["containers"][0]["volumeMounts"].append({"name": "grpc-tls", "mountPath": TLS_MOUNT, "readOnly": True})
+        pod_spec["volumes"].append({"name": "grpc-tls", "secret": {"secretName": settings.tls_secret, "defaultMode": 0o440}})
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:
