@@ -40,6 +40,18 @@ def pki(tmp_path_factory):
             "stranger": issue(root / "stranger", stranger, "orchestrator")}
 
 
+def _service_only(tmp_path, pki):
+    # The trusted CA, re-read from its files, signs a certificate naming only the chart's Redis Service.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    ca_dir = pki["redis"].ca_file.parent
+    key = serialization.load_pem_private_key((ca_dir / "tls.key").read_bytes(), None)
+    cert = x509.load_pem_x509_certificate(pki["redis"].ca_file.read_bytes())
+    return issue(tmp_path / "service-only", (key, cert, pki["redis"].ca_file), "redis",
+                 names=[x509.DNSName("glmvoice-redis")])
+
+
 @pytest.fixture(scope="module")
 def tls_redis(tmp_path_factory, pki):
     with start_tls_redis(tmp_path_factory.mktemp("tls-redis"), pki["redis"], PASSWORD) as server:
@@ -96,6 +108,14 @@ def test_the_promoter_registry_works_over_tls_and_refuses_a_foreign_ca(tls_redis
     foreign = {**good, "REDIS_CA_FILE": str(pki["stranger"].ca_file)}
     with pytest.raises(redis.exceptions.ConnectionError, match="certificate verify failed"):
         redis_client(tls_redis.addr, foreign).ping()
+
+
+def test_a_certificate_that_does_not_name_the_host_dialled_is_refused(tmp_path, pki):
+    """Dialled at 127.0.0.1, a Redis whose certificate (from the trusted CA) names only its Service is refused."""
+    with start_tls_redis(tmp_path / "redis", _service_only(tmp_path, pki), PASSWORD) as server:
+        environ = {"REDIS_PASSWORD": PASSWORD, "REDIS_TLS": "true", "REDIS_CA_FILE": str(pki["redis"].ca_file)}
+        with pytest.raises(redis.exceptions.ConnectionError, match="IP address mismatch"):
+            redis_client(server.addr, environ).ping()
 
 
 def test_with_client_certificates_required_the_pods_identity_gets_in(mtls_redis, pki):
