@@ -24,6 +24,7 @@ from pathlib import Path
 
 from glmvoice.client import stack_file
 from services.orchestrator.settings import CHECKPOINT_DIRS
+from services.tls import TlsFiles
 
 MODELS = {"speech_tokenizer": "tokenizer", "llm": "llm", "speech_decoder": "decoder"}
 
@@ -35,11 +36,16 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A redis-server process without persistence (`--save '' --appendonly no`); `addr` is host:port."""
+    """A redis-server process without persistence (`--save '' --appendonly no`); `addr` is host:port.
 
-    def __init__(self, directory: Path, port: int | None = None):
+    `password`: requires AUTH. `tls` (cert_file, key_file, ca_file): serves TLS only, on `port` (the plaintext port
+    is 0, as the chart runs it); `tls_auth_clients`: clients must present a certificate `ca_file` signed (mTLS)."""
+
+    def __init__(self, directory: Path, port: int | None = None, password: str = "", tls: TlsFiles | None = None,
+                 tls_auth_clients: bool = False):
         self.directory = Path(directory)
         self.port = port or free_port()
+        self.password, self.tls, self.tls_auth_clients = password, tls, tls_auth_clients
         self.process: subprocess.Popen | None = None
 
     @property
@@ -50,8 +56,23 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: run `make setup` (Debian package redis-server)")
-        return [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
+        ports = ["--port", str(self.port)]
+        if self.tls is not None:
+            if self.tls.cert_file is None or self.tls.key_file is None or self.tls.ca_file is None:
+                raise ValueError("a TLS Redis needs a certificate, its key and a CA file")
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls.cert_file),
+                     "--tls-key-file", str(self.tls.key_file), "--tls-ca-cert-file", str(self.tls.ca_file),
+                     "--tls-auth-clients", "yes" if self.tls_auth_clients else "no"]
+        auth = ["--requirepass", self.password] if self.password else []
+        return [binary, "--bind", "127.0.0.1", *ports, *auth, "--save", "", "--appendonly", "no",
                 "--dir", str(self.directory)]
+
+    def _answers(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+            if self.tls is not None or self.password:
+                return True  # listening; a TLS handshake or AUTH is the test's business
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
 
     def start(self, timeout_s: float = 10.0, detach: bool = False) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -62,10 +83,8 @@ class RedisServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self.process.returncode}; see {self.directory / 'redis.log'}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return self
+                if self._answers():
+                    return self
             except OSError:
                 pass
             time.sleep(0.05)

@@ -19,6 +19,9 @@ CLIENT_AUTH_ENVIRONMENT = "TLS_CLIENT_AUTH"
 # Clients of Triton (orchestrator, promoter): dial it over TLS with the same files; replicas found by pod IP are
 # checked against this name (one the certificate carries, e.g. a Triton Service's DNS name) instead of the IP.
 TRITON_ENVIRONMENT = {"triton_tls": "TRITON_TLS", "triton_tls_server_name": "TRITON_TLS_SERVER_NAME"}
+# Clients of Redis (orchestrator, promoter): REDIS_TLS dials it over TLS, trusting REDIS_CA_FILE (the system's roots
+# without one); the pod's TLS_CERT_FILE / TLS_KEY_FILE, when set, are presented (Redis's tls-auth-clients yes).
+REDIS_ENVIRONMENT = {"redis_tls": "REDIS_TLS", "redis_ca_file": "REDIS_CA_FILE"}
 
 
 def parse_bool(raw: str) -> bool:
@@ -100,3 +103,30 @@ def secure_channel(addr: str, tls: TlsFiles | None) -> grpc.aio.Channel:
     if tls is None:
         return grpc.aio.insecure_channel(addr)
     return grpc.aio.secure_channel(addr, tls.channel_credentials())
+
+
+def redis_options(password: str = "", tls: bool = False, ca_file: Path | str | None = None,
+                  cert_file: Path | str | None = None, key_file: Path | str | None = None) -> dict:
+    """Keyword arguments for redis.Redis and redis.asyncio.Redis, the one way every Redis client here connects:
+    AUTH with `password`; with `tls`, a verified TLS connection (Redis's certificate must chain to `ca_file` and
+    name the host dialled) presenting `cert_file`/`key_file` when given (mTLS)."""
+    options: dict = {"password": password or None}
+    if tls:
+        if (cert_file is None) != (key_file is None):
+            raise ValueError("a Redis client certificate needs both TLS_CERT_FILE and TLS_KEY_FILE")
+        options.update(ssl=True, ssl_cert_reqs="required", ssl_check_hostname=True,
+                       ssl_ca_certs=str(ca_file) if ca_file else None,
+                       ssl_certfile=str(cert_file) if cert_file else None,
+                       ssl_keyfile=str(key_file) if key_file else None)
+    return options
+
+
+def redis_options_from_environ(environ: dict[str, str]) -> dict:
+    """redis_options from REDIS_PASSWORD, REDIS_TLS, REDIS_CA_FILE and the pod's TLS_CERT_FILE / TLS_KEY_FILE."""
+    if not parse_bool(environ.get(REDIS_ENVIRONMENT["redis_tls"]) or "false"):
+        return redis_options(environ.get("REDIS_PASSWORD", ""))
+    files = TlsFiles.from_environ(environ).check()
+    ca_file = environ.get(REDIS_ENVIRONMENT["redis_ca_file"]) or None
+    if ca_file is not None and not Path(ca_file).is_file():
+        raise ValueError(f"REDIS_CA_FILE {ca_file} does not exist")
+    return redis_options(environ.get("REDIS_PASSWORD", ""), True, ca_file, files.cert_file, files.key_file)

@@ -305,8 +305,9 @@ class Orchestrator:
         self.settings = settings.check()
         self.metrics = metrics or Metrics()
         self.backend = build_backend(settings, self.metrics)
+        # With REDIS_TLS the pod's certificate (TLS_CERT_FILE/TLS_KEY_FILE), if any, is its Redis client identity too.
         self.redis = connect(settings.redis_addr, settings.redis_timeout_s, settings.redis_password, settings.redis_tls,
-                             str(settings.redis_ca_file) if settings.redis_ca_file else None)
+                             settings.redis_ca_file, settings.tls_cert_file, settings.tls_key_file)
         self.store = SessionStore(self.redis, settings.redis_addr, settings.session_ttl_s)
         self.keys = ApiKeys.from_file(settings.api_keys_file)
         limits = QuotaLimits(settings.quota_streams, settings.quota_sessions_per_minute, settings.quota_audio_s_per_minute)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -19,6 +20,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from services.orchestrator.errors import BackendUnavailable, InvalidInput, NotFound
+from services.tls import redis_options
 
 KEY_PREFIX = "glmvoice:session:"
 
@@ -55,13 +57,14 @@ def _check_id(session_id: str) -> None:
         raise InvalidInput("session_id must be 1-128 characters of letters, digits, '-' or '_'")
 
 
-def connect(addr: str, timeout_s: float, password: str = "", tls: bool = False, ca_file: str | None = None) -> aioredis.Redis:
-    """An asyncio Redis client whose every call fails within `timeout_s` (connect and each reply, no retries)."""
+def connect(addr: str, timeout_s: float, password: str = "", tls: bool = False, ca_file: Path | str | None = None,
+            cert_file: Path | str | None = None, key_file: Path | str | None = None) -> aioredis.Redis:
+    """An asyncio Redis client whose every call fails within `timeout_s` (connect and each reply, no retries);
+    AUTH and TLS as every Redis client here connects (services.tls.redis_options)."""
     host, _, port = addr.rpartition(":")
-    options = {"ssl": True, "ssl_ca_certs": ca_file} if tls else {}
     return aioredis.Redis(
-        host=host or "127.0.0.1", port=int(port), password=password or None, socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0), **options,
+        host=host or "127.0.0.1", port=int(port), socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0), **redis_options(password, tls, ca_file, cert_file, key_file),
     )
 
 

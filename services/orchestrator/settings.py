@@ -57,6 +57,7 @@ class Settings:
     redis_password: str = ""  # Redis AUTH (the chart generates it into a Secret)
     redis_tls: bool = False
     redis_ca_file: Path | None = None  # CA bundle that signs Redis's certificate (with redis_tls)
+    # With redis_tls, tls_cert_file / tls_key_file (below), when set, are presented to Redis (tls-auth-clients yes).
     # Bounds checked as input arrives, before the work they would cause.
     max_turn_s: float = 60.0  # seconds of audio in one user turn
     stream_idle_s: float = 60.0  # a Converse stream whose client sends nothing this long is ended
@@ -113,6 +114,8 @@ class Settings:
             raise SettingsError("MAX_STREAMS must be >= 1")
         if self.redis_ca_file is not None and not self.redis_ca_file.is_file():
             raise SettingsError(f"REDIS_CA_FILE {self.redis_ca_file} does not exist")
+        if self.redis_ca_file is not None and not self.redis_tls:
+            raise SettingsError("REDIS_CA_FILE is set but REDIS_TLS is not: Redis would be dialled in plaintext")
         try:
             self.tls.check().server_credentials(self.tls_client_auth)
         except ValueError as exc:

@@ -61,7 +61,7 @@ def run(args) -> int:
         addr = args.redis or os.environ.get("REDIS_ADDR")
         if not addr:
             raise ValueError("REDIS_ADDR is not set (or pass --redis)")
-        print(json.dumps(_show(Registry(redis_client(addr, os.environ.get("REDIS_PASSWORD", ""))), args.model)))
+        print(json.dumps(_show(Registry(redis_client(addr)), args.model)))
         return 0
     if args.action == "promote" and not args.candidate:
         raise ValueError("--candidate is required (or --show)")
@@ -70,7 +70,7 @@ def run(args) -> int:
         serving_checkpoints=args.serving_checkpoints, device=args.device,
         triton_addrs=tuple(a for a in (args.triton or "").split(",") if a),
     )
-    registry = Registry(redis_client(settings.redis_addr, os.environ.get("REDIS_PASSWORD", "")))
+    registry = Registry(redis_client(settings.redis_addr))
     promoter = Promoter(settings, registry, discover_replicas(settings),
                         who=args.who or _default_who())
     try:

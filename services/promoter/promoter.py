@@ -79,12 +79,17 @@ class PromoterSettings:
         return cls(**{**values, "model_repository": repository, "store": Path(values["store"])})
 
 
-def redis_client(addr: str, password: str = ""):
-    """The registry's Redis; REDIS_PASSWORD (the chart's Secret) when Redis requires AUTH."""
+def redis_client(addr: str, environ: dict[str, str] | None = None):
+    """The registry's Redis, connected as the orchestrator connects (services.tls.redis_options): REDIS_PASSWORD
+    (the chart's Secret) when Redis requires AUTH; REDIS_TLS, REDIS_CA_FILE and the pod's TLS_CERT_FILE /
+    TLS_KEY_FILE when it serves TLS."""
     import redis
 
+    from services.tls import redis_options_from_environ
+
     host, _, port = addr.rpartition(":")
-    return redis.Redis(host=host or "localhost", port=int(port or 6379), password=password or None, socket_timeout=10)
+    options = redis_options_from_environ(dict(os.environ if environ is None else environ))
+    return redis.Redis(host=host or "localhost", port=int(port or 6379), socket_timeout=10, **options)
 
 
 def discover_replicas(settings: PromoterSettings, core_api=None) -> list[Replica]:

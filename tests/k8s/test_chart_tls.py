@@ -1,7 +1,17 @@
 """TLS on the gRPC hops as the chart sets it up: the Secret mounted where the env points, the gateway dialling
 TLS, probes that speak TLS, and a certificate naming what is dialled. Off by default (plaintext)."""
 
-from tests.k8s.test_chart import NAMESPACE, RELEASE, by_kind, containers, helm, pod_spec, render  # noqa: F401 - fixture
+from tests.k8s.test_chart import (  # noqa: F401 - fixture
+    CHART,
+    NAMESPACE,
+    RELEASE,
+    by_kind,
+    containers,
+    helm,
+    pod_spec,
+    render,
+    run_helm,
+)
 
 TLS_DIR = "/etc/glmvoice/tls"
 
@@ -95,3 +105,82 @@ def test_without_tls_triton_and_the_promoter_stay_plaintext(helm):  # noqa: F811
         spec = pod_spec(workload)
         assert not {"TRITON_TLS", "TLS_CERT_FILE"} & set(env_of(spec["containers"][0])), workload["metadata"]["name"]
         assert not [v for v in spec.get("volumes", []) if v["name"] == "grpc-tls"]
+
+
+# --- Redis over TLS (redis.tls.enabled, on in tls-values.yaml) ---------------------------------------------------
+
+REDIS = f"{RELEASE}-glmvoice-redis"
+PROMOTER_JOBS = ("jobs.promote.enabled=true", "jobs.promote.candidate=run-1", "jobs.rollback.enabled=true",
+                 "jobs.rollback.runId=undo-1")
+
+
+def _redis_conf(docs: list[dict]) -> list[str]:
+    return [line.strip() for line in by_kind(docs, "ConfigMap")[REDIS]["data"]["redis.conf"].splitlines()]
+
+
+def _redis_clients(docs: list[dict]) -> list[tuple[str, dict]]:
+    """(name, pod spec) of the orchestrator and the promote / rollback Jobs: every Redis client of the chart."""
+    jobs = [j for j in by_kind(docs, "Job").values() if j["metadata"]["labels"]["app.kubernetes.io/component"] == "promoter"]
+    assert len(jobs) == 2
+    orchestrator = by_kind(docs, "Deployment")[f"{RELEASE}-glmvoice-orchestrator"]
+    return [(w["metadata"]["name"], pod_spec(w)) for w in (orchestrator, *jobs)]
+
+
+def test_redis_tls_serves_only_tls_with_the_secret_and_its_clients_dial_tls(helm):  # noqa: F811
+    docs = render(helm, "tls-values.yaml", *PROMOTER_JOBS)
+    conf = _redis_conf(docs)
+    assert "port 0" in conf and "tls-port 6379" in conf and "port 6379" not in conf
+    assert {f"tls-cert-file {TLS_DIR}/tls.crt", f"tls-key-file {TLS_DIR}/tls.key", f"tls-ca-cert-file {TLS_DIR}/ca.crt",
+            "tls-auth-clients yes"} <= set(conf)  # tls.clientAuth: true
+    spec = pod_spec(by_kind(docs, "StatefulSet")[REDIS])
+    container = spec["containers"][0]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == TLS_DIR]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    assert mount["readOnly"] is True and volume["secret"]["secretName"] == "glmvoice-internal-tls"
+    # redis-server reads the key as uid 999: the Secret's files are group-readable and the pod's fsGroup is 999.
+    assert volume["secret"]["defaultMode"] == 0o440 and spec["securityContext"]["fsGroup"] == 999
+    for probe in ("startupProbe", "readinessProbe"):
+        command = container[probe]["exec"]["command"]
+        assert command[:2] == ["redis-cli", "--tls"] and command[-1] == "ping", probe
+        assert {("--cacert", f"{TLS_DIR}/ca.crt"), ("--cert", f"{TLS_DIR}/tls.crt"), ("--key", f"{TLS_DIR}/tls.key"),
+                ("-p", "6379")} <= set(zip(command, command[1:])), probe
+    (certificate,) = by_kind(docs, "Certificate").values()
+    assert {REDIS, f"{REDIS}.{NAMESPACE}", f"{REDIS}.{NAMESPACE}.svc"} <= set(certificate["spec"]["dnsNames"])
+    for name, client in _redis_clients(docs):
+        container = client["containers"][0]
+        env = env_of(container)
+        assert env["REDIS_TLS"] == "true" and env["REDIS_CA_FILE"] == f"{TLS_DIR}/ca.crt", name
+        # The client certificate Redis requires (tls-auth-clients yes) is the pod's, from the same mount.
+        assert (env["TLS_CERT_FILE"], env["TLS_KEY_FILE"]) == (f"{TLS_DIR}/tls.crt", f"{TLS_DIR}/tls.key"), name
+        assert [m for m in container["volumeMounts"] if m["mountPath"] == TLS_DIR], name
+
+
+def test_redis_tls_without_client_auth_does_not_require_client_certificates(helm):  # noqa: F811
+    assert "tls-auth-clients no" in _redis_conf(render(helm, "tls-values.yaml", "tls.clientAuth=false"))
+
+
+def test_redis_stays_plaintext_unless_redis_tls_is_enabled(helm):  # noqa: F811
+    """tls.enabled alone (the gRPC hops) leaves Redis as it was: plaintext port, plain probes, no REDIS_TLS."""
+    docs = render(helm, "tls-values.yaml", "redis.tls.enabled=false", *PROMOTER_JOBS)
+    conf = _redis_conf(docs)
+    assert "port 6379" in conf and not [line for line in conf if line.startswith("tls-")]
+    container = pod_spec(by_kind(docs, "StatefulSet")[REDIS])["containers"][0]
+    assert container["readinessProbe"]["exec"]["command"] == ["redis-cli", "-p", "6379", "ping"]
+    assert not [m for m in container["volumeMounts"] if m["mountPath"] == TLS_DIR]
+    (certificate,) = by_kind(docs, "Certificate").values()
+    assert REDIS not in certificate["spec"]["dnsNames"]
+    for name, client in _redis_clients(docs):
+        assert not {"REDIS_TLS", "REDIS_CA_FILE"} & set(env_of(client["containers"][0])), name
+
+
+def test_redis_tls_with_an_external_redis_and_without_tls_enabled(helm):  # noqa: F811
+    docs = render(helm, "tls-values.yaml", "redis.enabled=false", "redis.external.addr=redis.example:6380",
+                  *PROMOTER_JOBS)
+    assert REDIS not in by_kind(docs, "StatefulSet")
+    (certificate,) = by_kind(docs, "Certificate").values()
+    assert REDIS not in certificate["spec"]["dnsNames"]
+    for name, client in _redis_clients(docs):
+        env = env_of(client["containers"][0])
+        assert env["REDIS_TLS"] == "true" and env["REDIS_CA_FILE"] == f"{TLS_DIR}/ca.crt", name
+    proc = run_helm(helm, "template", RELEASE, str(CHART), "--set", "redis.tls.enabled=true", check=False)
+    assert proc.returncode != 0 and "redis.tls.enabled needs tls.enabled" in proc.stderr

@@ -94,13 +94,16 @@ def quantities(resources: dict) -> dict:
     return {part: {name: str(value) for name, value in values.items()} for part, values in resources.items()}
 
 
-@pytest.mark.parametrize("tls", [False, True])
-def test_jobs_match_the_charts_job_templates(helm, tls):
-    """With tls.enabled the promote Job also mounts the gRPC TLS Secret and dials Triton over TLS."""
+@pytest.mark.parametrize("tls,redis_tls", [(False, False), (True, False), (True, True)])
+def test_jobs_match_the_charts_job_templates(helm, tls, redis_tls):
+    """With tls.enabled the promote Job also mounts the gRPC TLS Secret and dials Triton over TLS; with
+    redis.tls.enabled (--redis-tls) Redis too."""
     values = {"train": ["jobs.train.runId=r42", "jobs.train.gpu=1"], "evaluate": ["jobs.evaluate.candidate=r42"],
               "promote": ["jobs.promote.candidate=r42"]}
-    ours_settings = settings("voice", tls_secret="internal-tls" if tls else "").with_resources("train", gpu=1)
-    tls_sets = ["tls.enabled=true", "tls.secretName=internal-tls"] if tls else []
+    ours_settings = settings("voice", tls_secret="internal-tls" if tls else "", redis_tls=redis_tls).with_resources(
+        "train", gpu=1)
+    tls_sets = (["tls.enabled=true", "tls.secretName=internal-tls"] if tls else []) + (
+        ["redis.tls.enabled=true"] if redis_tls else [])
     for kind, sets in values.items():
         docs = yaml.safe_load_all(template(helm, None, f"jobs.{kind}.enabled=true", "image.repository=registry.example/glmvoice",
                                            "image.tag=0.1.0", *sets, *tls_sets, namespace="voice"))
@@ -108,6 +111,8 @@ def test_jobs_match_the_charts_job_templates(helm, tls):
         ours = build_job(ours_settings, kind, "llm", "r42")
         assert ("TRITON_TLS" in {e["name"] for e in ours["spec"]["template"]["spec"]["containers"][0]["env"]}) is (
             tls and kind == "promote")
+        assert ("REDIS_TLS" in {e["name"] for e in ours["spec"]["template"]["spec"]["containers"][0]["env"]}) is (
+            redis_tls and kind == "promote")
         assert ours["metadata"]["name"] == rendered["metadata"]["name"]
         theirs_pod, ours_pod = rendered["spec"]["template"]["spec"], ours["spec"]["template"]["spec"]
         for key in ("serviceAccountName", "automountServiceAccountToken", "securityContext", "volumes", "restartPolicy"):

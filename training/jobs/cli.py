@@ -37,6 +37,9 @@ def add_arguments(parser) -> None:
     submit.add_argument("--tls-secret", default=None,
                         help="the chart's gRPC TLS Secret when tls.enabled: the promote Job dials Triton over TLS "
                              "(default $GLMVOICE_TLS_SECRET; empty: plaintext)")
+    submit.add_argument("--redis-tls", action="store_true", default=None,
+                        help="the chart's redis.tls.enabled: the promote Job dials Redis over TLS with --tls-secret's "
+                             "ca.crt and certificate (default $GLMVOICE_REDIS_TLS)")
     submit.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, else ~/.kube/config)")
 
 
@@ -68,7 +71,9 @@ def run(args) -> int:
     settings = JobSettings(namespace=namespace, image=image,
                            release=args.release or os.environ.get("GLMVOICE_RELEASE", "glmvoice"),
                            redis_addr=args.redis or os.environ.get("REDIS_ADDR", ""),
-                           tls_secret=args.tls_secret or os.environ.get("GLMVOICE_TLS_SECRET", ""))
+                           tls_secret=args.tls_secret or os.environ.get("GLMVOICE_TLS_SECRET", ""),
+                           redis_tls=bool(args.redis_tls)
+                           or os.environ.get("GLMVOICE_REDIS_TLS", "").lower() in ("1", "true", "yes", "on"))
     for kind in ("train", "evaluate"):
         spec = settings.resources[kind]
         changes = {"requests": {**spec.requests, **({"cpu": args.cpu} if args.cpu else {}),

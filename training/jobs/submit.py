@@ -52,6 +52,9 @@ class JobSettings:
     # The chart's gRPC TLS Secret when its tls.enabled (tls.secretName, or <fullname>-grpc-tls): the promote Job
     # dials Triton over TLS with it. Empty: plaintext.
     tls_secret: str = ""
+    # The chart's redis.tls.enabled: the promote Job dials Redis over TLS, trusting the Secret's ca.crt and
+    # presenting its certificate (needs tls_secret).
+    redis_tls: bool = False
     resources: dict = field(default_factory=lambda: {"train": JobResources(), "evaluate": JobResources(),
                                                      "promote": PROMOTER_RESOURCES})
 
@@ -119,6 +122,10 @@ def _env(settings: JobSettings, kind: str, model: str) -> list[dict]:
                     {"name": "TLS_CA_FILE", "value": f"{TLS_MOUNT}/ca.crt"},
                     {"name": "TRITON_TLS", "value": "true"},
                     {"name": "TRITON_TLS_SERVER_NAME", "value": f"{settings.prefix}-triton.{settings.namespace}.svc"}]
+        if settings.redis_tls:  # as the chart's glmvoice.redisTlsEnv
+            if not settings.tls_secret:
+                raise ValueError("Redis TLS (--redis-tls) needs the TLS Secret (--tls-secret): its ca.crt and identity")
+            env += [{"name": "REDIS_TLS", "value": "true"}, {"name": "REDIS_CA_FILE", "value": f"{TLS_MOUNT}/ca.crt"}]
     return env
 
 

@@ -407,6 +407,28 @@ certificate beside each Triton Service's own names.
 {{- end }}
 {{- end }}
 
+{{/*
+Redis over TLS (redis.tls.enabled) reuses the gRPC TLS Secret: Redis serves its certificate, its clients trust its
+ca.crt and present its certificate (required with tls.clientAuth). "glmvoice.redisTls" is "true" or empty and
+fails without tls.enabled; "glmvoice.redisTlsEnv" gives the clients REDIS_TLS and REDIS_CA_FILE (the pod's
+TLS_CERT_FILE / TLS_KEY_FILE from "glmvoice.tlsEnv" are its client certificate).
+*/}}
+{{- define "glmvoice.redisTls" -}}
+{{- if .Values.redis.tls.enabled -}}
+{{- if not .Values.tls.enabled }}{{ fail "redis.tls.enabled needs tls.enabled: Redis serves the gRPC TLS Secret" }}{{ end -}}
+true
+{{- end -}}
+{{- end }}
+
+{{- define "glmvoice.redisTlsEnv" -}}
+{{- if include "glmvoice.redisTls" . -}}
+- name: REDIS_TLS
+  value: "true"
+- name: REDIS_CA_FILE
+  value: {{ printf "%s/ca.crt" (include "glmvoice.tlsDir" .) | quote }}
+{{- end }}
+{{- end }}
+
 {{/* The orchestrator's probe: the kubelet's gRPC probe speaks no TLS, so with TLS the pod checks itself. */}}
 {{- define "glmvoice.orchestratorProbe" -}}
 {{- if .Values.tls.enabled -}}

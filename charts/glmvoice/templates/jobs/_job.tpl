@@ -103,6 +103,9 @@ how to find the Triton pods of the model it swaps. Takes {"ctx", "model"}.
 - name: REDIS_ADDR
   value: {{ include "glmvoice.redisAddr" .ctx | quote }}
 {{ include "glmvoice.redisPasswordEnv" .ctx }}
+{{- with include "glmvoice.redisTlsEnv" .ctx }}
+{{ . }}
+{{- end }}
 - name: GLMVOICE_MODEL_REPOSITORY
   value: /models/repository
 - name: GLMVOICE_STORE
