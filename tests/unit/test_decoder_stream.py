@@ -161,10 +161,17 @@ def test_reset_replays_the_same_reply(tiny_speech_decoder):
 
 
 def test_short_reply_and_odd_block_size(tiny_speech_decoder):
-    for n, block in ((3, 10), (17, 4)):
+    # (20, 10) ends on a block boundary: the last pass has no codes and only flushes the tentative mel frames.
+    for n, block in ((3, 10), (17, 4), (20, 10)):
         codes = codes_for(n)
         chunks = stream_decode(tiny_speech_decoder, codes, piece=5, settings=StreamSettings(block_size=block))
         assert sum(len(c) for c in chunks) == 256 * int(n / 12.5 * 22050 / 256)
+
+
+def test_a_stream_without_codes_finalizes_to_nothing(tiny_speech_decoder):
+    """A reply cancelled before its first speech code: finalize settles an empty mel and emits no samples."""
+    with DecoderStreams(tiny_speech_decoder).stream("e") as stream:
+        assert len(stream.finalize()) == 0
 
 
 def test_synthesize_cli_writes_the_waveform(tmp_path, tiny_speech_decoder_dir, capsys):
