@@ -20,6 +20,7 @@ from glmvoice.models.llm_checkpoint import load_llm
 from glmvoice.provenance import new_provenance, write_metrics, write_provenance
 from glmvoice.runtime.generate import generate
 from glmvoice.sampling import SamplingParams
+from services.promoter import registry as registry_module
 from services.promoter.canary import CanaryError, run_canary
 from services.promoter.registry import ConflictError, GateFailedError, Registry, RegistryError
 from services.promoter.replicas import Replica, TritonControl
@@ -53,7 +54,9 @@ def registry(redis_client):
     return Registry(redis_client, prefix=f"test-promoter-{uuid.uuid4().hex}")
 
 
-def test_transitions_are_recorded_with_who_when_and_why(registry):
+def test_transitions_are_recorded_with_who_when_and_why(registry, monkeypatch):
+    ticks = (f"2026-01-01T00:00:{second:02d}Z" for second in range(60))  # one distinct time per transition
+    monkeypatch.setattr(registry_module, "now_iso", lambda: next(ticks))
     registry.register("llm", "a", "/store/llm/a", {"seed": 1}, "alice", "trained")
     registry.record_evaluation("llm", "a", {"gate": True, "metrics": {"loss": 1.0}}, "ci", "eval job")
     registry.mark_promoted("llm", "a", 1, "bob", "first release")
@@ -61,6 +64,8 @@ def test_transitions_are_recorded_with_who_when_and_why(registry):
     registry.record_evaluation("llm", "b", {"gate": True, "metrics": {"loss": 0.5}}, "ci", "eval job")
     registry.mark_promoted("llm", "b", 2, "bob", "better loss")
     assert [(c.id, c.state, c.version) for c in registry.checkpoints("llm")] == [("a", "retired", 1), ("b", "promoted", 2)]
+    stamped = {c.id: c.updated_at for c in registry.checkpoints("llm")}  # b's promotion retired a in the same step
+    assert stamped["a"] == stamped["b"] == registry.history("llm")[-1].when
     restored = registry.mark_rolled_back("llm", 3, "carol", "complaints")
     assert (restored.checkpoint, restored.version) == ("a", 3)
     assert [(c.id, c.state, c.version) for c in registry.checkpoints("llm")] == [("a", "promoted", 3), ("b", "retired", 2)]
@@ -71,6 +76,11 @@ def test_transitions_are_recorded_with_who_when_and_why(registry):
         ("a", "promoted", "retired", "bob"), ("b", "promoted", "retired", "carol"), ("a", "retired", "promoted", "carol"),
     ]
     assert all(e.when.endswith("Z") and e.why for e in history)
+    # The audit trail names the version each transition served, and why the live one was replaced.
+    assert [e.version for e in history] == [None, None, 1, None, None, 2, 1, 2, 3]
+    assert [e.why for e in history[-3:]] == ["replaced by b", "rollback: complaints", "rollback: complaints"]
+    # Every transition stamps its checkpoints: updated_at is the time of each one's last event.
+    assert {c.id: c.updated_at for c in registry.checkpoints("llm")} == {e.checkpoint: e.when for e in history}
     assert [(s.checkpoint, s.version) for s in registry.serving("llm")] == [("a", 3)]
 
 

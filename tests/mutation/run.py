@@ -13,7 +13,7 @@ whether the time budget cut the run short.
   .venv/bin/python -m tests.mutation.run engine-prefix --tests-from <commit> --tests tests/unit/test_llm_engine.py
                                                (a "before" run: that commit's tests against today's code)
 
-When a module moves (the engine is being split into scheduler and runner), update its TARGETS entry: file,
+When a module moves (as PrefixStore and _reuse_prefix moved from llm_engine to llm_scheduler), update its TARGETS entry: file,
 dotted module and function globs. Function globs are mutmut names: `x_<func>` for a module function,
 `xǁ<Class>ǁ<method>` for a method, then `__mutmut_<n>`.
 """
@@ -46,7 +46,7 @@ class Target:
 
 
 TARGETS: dict[str, Target] = {
-    "engine-prefix": Target("glmvoice/runtime/llm_engine.py", ("PrefixStore.put", "LLMEngine._reuse_prefix"),
+    "engine-prefix": Target("glmvoice/runtime/llm_scheduler.py", ("PrefixStore.put", "Scheduler._reuse_prefix"),
                             ("tests/unit/test_llm_engine.py", "tests/unit/test_llm_engine_prefix.py")),
     "decoder-flow": Target("glmvoice/models/flow.py", ("Flow.sample", "Flow.time_grid"),
                            ("tests/unit/test_speech_decoder.py", "tests/unit/test_decoder_reference.py")),

@@ -161,10 +161,33 @@ def test_reset_replays_the_same_reply(tiny_speech_decoder):
 
 
 def test_short_reply_and_odd_block_size(tiny_speech_decoder):
-    for n, block in ((3, 10), (17, 4)):
+    # (20, 10) ends on a block boundary: the last pass has no codes and only flushes the tentative mel frames.
+    for n, block in ((3, 10), (17, 4), (20, 10)):
         codes = codes_for(n)
         chunks = stream_decode(tiny_speech_decoder, codes, piece=5, settings=StreamSettings(block_size=block))
         assert sum(len(c) for c in chunks) == 256 * int(n / 12.5 * 22050 / 256)
+
+
+def test_vocoder_crossfade_blends_each_join_and_nothing_else(tiny_speech_decoder):
+    """Against the same stream without the crossfade: equal length, different samples, all of them within
+    vocoder_crossfade samples after a join (where two vocoder runs meet)."""
+    codes = codes_for(45)
+    settings = StreamSettings()
+    chunks = stream_decode(tiny_speech_decoder, codes, settings=settings)
+    plain = np.concatenate(stream_decode(tiny_speech_decoder, codes, settings=StreamSettings(vocoder_crossfade=0)))
+    blended = np.concatenate(chunks)
+    assert len(blended) == len(plain)
+    changed = np.flatnonzero(np.abs(blended - plain) > 1e-6)
+    assert len(changed) > 0
+    joins = np.array(joins_of(chunks))
+    after_join = changed[:, None] - joins[None, :]
+    assert ((after_join >= 0) & (after_join < settings.vocoder_crossfade)).any(axis=1).all()
+
+
+def test_a_stream_without_codes_finalizes_to_nothing(tiny_speech_decoder):
+    """A reply cancelled before its first speech code: finalize settles an empty mel and emits no samples."""
+    with DecoderStreams(tiny_speech_decoder).stream("e") as stream:
+        assert len(stream.finalize()) == 0
 
 
 def test_synthesize_cli_writes_the_waveform(tmp_path, tiny_speech_decoder_dir, capsys):

@@ -7,6 +7,7 @@ import torch
 
 from glmvoice.runtime.generate import generate
 from glmvoice.runtime.llm_engine import EngineConfig, GenerationRequest, LLMEngine
+from glmvoice.runtime.llm_scheduler import PrefixStore
 from tests.unit.test_llm_engine import GREEDY, Collector, model, prompts, run_engine  # noqa: F401 - fixture
 
 CONFIG = EngineConfig(max_slots=3, max_seq_len=256, prefill_chunk=8)
@@ -114,3 +115,29 @@ def test_prefix_store_keeps_to_its_token_budget_and_evicts_the_oldest(model):
         assert engine.stats()["prefix_reused_tokens"] - before == 60
     finally:
         engine.stop()
+
+
+def test_the_same_prompt_again_reuses_all_but_its_last_id(model):
+    """A retried turn: the prompt equals the cached ids. One id is still fed, so the first reply token has logits."""
+    vocab = model.config.vocab_size
+    prompt = prompts(1, vocab)[0] * 5
+    engine = LLMEngine(model, CONFIG).start()
+    try:
+        run_engine(engine, [GenerationRequest(prompt, GREEDY, 0, prefix_key="s")])
+        before = engine.stats()
+        [answer] = run_engine(engine, [GenerationRequest(prompt, GREEDY, 8, prefix_key="s")])
+        after = engine.stats()
+    finally:
+        engine.stop()
+    assert after["prefix_reused_tokens"] - before["prefix_reused_tokens"] == len(prompt) - 1
+    assert answer.ids == generate(model, prompt, 8, params=GREEDY).ids
+
+
+def test_storing_a_key_again_replaces_its_entry():
+    """Two streams on one session both finish and store under the same key: the second replaces the first,
+    and the token count holds only the entry kept (counting both would evict it from a store it fits)."""
+    store = PrefixStore(capacity_tokens=10)
+    store.put("s", [1] * 6, "kv-1")
+    store.put("s", [2] * 6, "kv-2")
+    assert store.tokens == 6
+    assert dict(store.entries) == {"s": ([2] * 6, "kv-2")}
