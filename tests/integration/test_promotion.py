@@ -84,6 +84,27 @@ def test_transitions_are_recorded_with_who_when_and_why(registry, monkeypatch):
     assert [(s.checkpoint, s.version) for s in registry.serving("llm")] == [("a", 3)]
 
 
+def test_rollbacks_walk_back_a_longer_lineage_and_a_retired_checkpoint_can_return(registry):
+    """Three promotions, then two rollbacks: each restores the entry before the live one (not the first or
+    second of the lineage), under a new version; then a retired checkpoint is promoted again directly."""
+    for cid in ("a", "b", "c"):
+        registry.register("llm", cid, f"/store/llm/{cid}", {}, "alice", "trained")
+        registry.record_evaluation("llm", cid, {"gate": True}, "ci", "eval")
+    for version, cid in enumerate(("a", "b", "c"), start=1):
+        registry.mark_promoted("llm", cid, version, "bob", "release")
+    states = lambda: {c.id: (c.state, c.version) for c in registry.checkpoints("llm")}  # noqa: E731
+    restored = registry.mark_rolled_back("llm", 4, "carol", "regression")
+    assert (restored.checkpoint, restored.version) == ("b", 4)
+    assert [(s.checkpoint, s.version) for s in registry.serving("llm")] == [("a", 1), ("b", 4)]
+    assert states() == {"a": ("retired", 1), "b": ("promoted", 4), "c": ("retired", 3)}
+    restored = registry.mark_rolled_back("llm", 5, "carol", "still bad")
+    assert (restored.checkpoint, restored.version) == ("a", 5)
+    assert states() == {"a": ("promoted", 5), "b": ("retired", 4), "c": ("retired", 3)}
+    registry.mark_promoted("llm", "c", 6, "bob", "fixed upstream")  # retired -> promoted again
+    assert [(s.checkpoint, s.version) for s in registry.serving("llm")] == [("a", 5), ("c", 6)]
+    assert states() == {"a": ("retired", 5), "b": ("retired", 4), "c": ("promoted", 6)}
+
+
 def test_refused_transitions_change_nothing(registry):
     registry.register("llm", "a", "/store/llm/a", {}, "alice", "trained")
     with pytest.raises(RegistryError, match="already registered"):
