@@ -121,6 +121,38 @@ def test_cancel_keeps_the_heard_speech_and_only_the_text_before_it(server, token
     assert record.turns[1].speech_tokens == heard
 
 
+def test_truncate_keeps_the_played_speech_and_only_the_text_before_it(server, tokenizer, store):
+    """Truncate after a whole reply (the client played half its audio): the history keeps the speech tokens of
+    the played audio and no text after the first speech token not played, as Cancel does for unsent audio."""
+    prompt = Conversation(tokenizer).add_text(QUESTION)
+    stream = LiveStream(server.address)
+    try:
+        stream.send(config())
+        session_id = stream.next_event().session_started.session_id
+        stream.send(pb.ConverseRequest(text=pb.TextTurn(text=QUESTION)))
+        _, ended = read_until(stream, "turn_ended")
+        whole = stored(store, session_id).ids[len(prompt):]
+        seconds = ended.turn_ended.audio_seconds
+        played_ms = int(seconds * 1000 / 2)
+        stream.send(pb.ConverseRequest(truncate=pb.Truncate(audio_end_ms=played_ms)))
+        _, truncated = read_until(stream, "truncated")
+        stream.close()
+        assert stream.next_event() is None
+    finally:
+        stream.shutdown()
+    speech = sum(tokenizer.is_audio(t) for t in whole)
+    heard = int(played_ms / 1000 / seconds * speech)
+    expected = cut_at_unheard_speech(tokenizer, whole, heard)
+    # The test bites only if the whole reply had text after the cut (it does for this prompt).
+    assert 0 < heard < speech and any(tokenizer.is_text(t) for t in whole[len(expected):])
+    record = stored(store, session_id)
+    assert record.ids[: len(prompt)] == prompt
+    assert record.ids[len(prompt):] == expected
+    expected_text = tokenizer.decode([t for t in expected if tokenizer.is_text(t)])
+    assert record.turns[1].text == truncated.truncated.text == expected_text
+    assert record.turns[1].speech_tokens == truncated.truncated.speech_tokens == heard
+
+
 def test_cancel_without_a_reply_changes_nothing(server, store):
     transcript = converse(server.address, iter([config(), pb.ConverseRequest(cancel=pb.Cancel())]))
     assert transcript.events == ["session_started"]
