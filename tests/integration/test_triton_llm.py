@@ -81,6 +81,21 @@ def token_counters(server) -> dict[str, float]:
             for m in re.finditer(r'glmvoice_llm_tokens_total\{kind="(\w+)"\} ([0-9.e+-]+)', text)}
 
 
+def settled_counters(server, quiet_s: float = 0.5, timeout_s: float = 15.0) -> dict[str, float]:
+    """Token counters once they stop moving: earlier requests on this module's server publish their counts
+    after their final responses, and a baseline read before they land would count them as this test's."""
+    assert wait_for_gauge(server, "active", 0, timeout_s), "an earlier request is still running"
+    deadline = time.monotonic() + timeout_s
+    last = token_counters(server)
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = token_counters(server)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
 def counted_since(server, before: dict[str, float], at_least: dict[str, int], timeout_s: float = 10.0) -> dict[str, float]:
     """Counter increases since `before`, once every kind has grown by `at_least` its figure (the adapter publishes
     a request's counts after its final response, so a read right after the response may miss them)."""
@@ -183,7 +198,7 @@ def test_prefix_key_reuses_a_sessions_prefill(triton_server, reference):
     model, _ = reference
     history = prompts(1, model.config.vocab_size)[0] * 6
     key = np.array([b"session-prefix-test"], np.object_)
-    before = token_counters(triton_server)
+    before = settled_counters(triton_server)
     prefill = Stream(triton_server.grpc_url).send(history, max_new_tokens=0, prefix_key=key)
     try:
         assert prefill.final.wait(30) and not prefill.errors
