@@ -12,19 +12,10 @@ import sys
 import pytest
 
 from services.local_stack import alive
+from tests.integration.test_local_stack import checkpoints  # noqa: F401 - the stack's checkpoint fixture
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # stack start, 30 s of load, drain and down: ~2-3 min
 DURATION_S, INTERVAL_S, WARMUP_S = 30, 2, 10
-
-
-@pytest.fixture
-def checkpoints(tmp_path, tiny_speech_tokenizer_dir, tiny_llm_dir, tiny_speech_decoder_dir):
-    root = tmp_path / "checkpoints"
-    root.mkdir()
-    for name, source in (("glm-4-voice-tokenizer", tiny_speech_tokenizer_dir), ("glm-4-voice-9b", tiny_llm_dir),
-                         ("glm-4-voice-decoder", tiny_speech_decoder_dir)):
-        (root / name).symlink_to(source)
-    return root
 
 
 def test_a_short_soak_reports_real_samples_and_leaves_nothing(tmp_path, checkpoints):
