@@ -78,6 +78,37 @@ def stub_model(pid: int) -> str:
         return "?"
 
 
+def session_with_one_turn(address: str) -> tuple[str, list[tuple[str, str]]]:
+    """A new session that has one finished turn: its id and its history as (role, text)."""
+    session_id = text_turn(address, "first turn", max_new_tokens=12).session_id
+    before = [(t.role, t.text) for t in get_session(address, session_id).turns]
+    assert [role for role, _ in before] == ["user", "assistant"]
+    return session_id, before
+
+
+def killed_mid_reply(address: str, session_id: str, kill) -> tuple[grpc.RpcError, float, float]:
+    """Starts a long reply on the session, calls `kill()` once it streams: the client's error, the seconds
+    from the kill to it, and the kill's monotonic time."""
+    stream = long_reply_started(address, session_id)
+    try:
+        kill()
+        killed = time.monotonic()
+        error, failed_s = failure_after(stream, killed)
+    finally:
+        stream.shutdown()
+    return error, failed_s, killed
+
+
+def assert_history_continued(address: str, session_id: str, before: list[tuple[str, str]]):
+    """A second turn on the session is answered and saved after the turns `before` (nothing of the broken one);
+    returns that turn's reply."""
+    second = text_turn(address, "second turn", session_id=session_id, max_new_tokens=12)
+    assert second.session_id == session_id and second.turns[0].text
+    after = [(t.role, t.text) for t in get_session(address, session_id).turns]
+    assert after == before + [("user", "second turn"), ("assistant", second.turns[0].text)]
+    return second
+
+
 @pytest.fixture(scope="module")
 def own_triton(model_repository, tmp_path_factory):
     """The three tiny models in a Triton of this module's own, in a process group of its own (its python
@@ -110,19 +141,10 @@ def test_triton_killed_mid_reply_fails_fast_keeps_history_and_recovers(settings,
     orchestrator = OrchestratorThread.start(settings)
     try:
         address = orchestrator.address
-        first = text_turn(address, "first turn", max_new_tokens=12)
-        session_id = first.session_id
-        before = get_session(address, session_id)
-        assert [t.role for t in before.turns] == ["user", "assistant"]
-
-        stream = long_reply_started(address, session_id)
-        try:
-            stubs = [pid for pid in process_groups()[triton.process.pid] if pid != triton.process.pid]
-            os.kill(triton.process.pid, signal.SIGKILL)
-            killed = time.monotonic()
-            error, failed_s = failure_after(stream, killed)
-        finally:
-            stream.shutdown()
+        session_id, before = session_with_one_turn(address)
+        stubs = [pid for pid in process_groups()[triton.process.pid] if pid != triton.process.pid]
+        error, failed_s, killed = killed_mid_reply(address, session_id,
+                                                   lambda: os.kill(triton.process.pid, signal.SIGKILL))
         triton.process.wait(10)
         print(f"\nTriton SIGKILLed mid-reply: the client got {error.code().name} after {failed_s:.3f} s: {error.details()}")
         assert error.code() == grpc.StatusCode.UNAVAILABLE
@@ -133,8 +155,7 @@ def test_triton_killed_mid_reply_fails_fast_keeps_history_and_recovers(settings,
         assert not_serving_s < 5.0
 
         # The turn the caller did not hear is not in the history; what was there is intact.
-        during = get_session(address, session_id)
-        assert [(t.role, t.text) for t in during.turns] == [(t.role, t.text) for t in before.turns]
+        assert [(t.role, t.text) for t in get_session(address, session_id).turns] == before
 
         # The python backend stubs of a SIGKILLed Triton: say what is left, then clear them for the restart.
         time.sleep(1.0)
@@ -152,12 +173,7 @@ def test_triton_killed_mid_reply_fails_fast_keeps_history_and_recovers(settings,
         serving_s = wait_health(address, health_pb2.HealthCheckResponse.SERVING, 30)
         print(f"Triton ready again {ready_s:.1f} s after restart on {url}; orchestrator SERVING {serving_s:.2f} s later")
 
-        second = text_turn(address, "second turn", session_id=session_id, max_new_tokens=12)
-        assert second.session_id == session_id and second.turns[0].text
-        after = get_session(address, session_id)
-        assert [t.role for t in after.turns] == ["user", "assistant"] * 2
-        assert [t.text for t in after.turns[:2]] == [t.text for t in before.turns]
-        assert after.turns[2].text == "second turn" and after.turns[3].text == second.turns[0].text
+        assert_history_continued(address, session_id, before)
     finally:
         orchestrator.stop()
 
@@ -187,32 +203,18 @@ def test_orchestrator_killed_mid_reply_the_session_resumes_on_another(settings, 
     (first, first_address), (second, second_address) = (
         orchestrator_process(settings, tmp_path / f"orchestrator-{i}.log") for i in range(2))
     try:
-        opened = text_turn(first_address, "first turn", max_new_tokens=12)
-        session_id = opened.session_id
-        before = get_session(first_address, session_id)
-        assert [t.role for t in before.turns] == ["user", "assistant"]
-
-        stream = long_reply_started(first_address, session_id)
-        try:
-            first.kill()
-            killed = time.monotonic()
-            error, failed_s = failure_after(stream, killed)
-        finally:
-            stream.shutdown()
+        session_id, before = session_with_one_turn(first_address)
+        error, failed_s, killed = killed_mid_reply(first_address, session_id, first.kill)
         first.wait(10)
         print(f"\norchestrator SIGKILLed mid-reply: the client got {error.code().name} after {failed_s:.3f} s")
         assert error.code() == grpc.StatusCode.UNAVAILABLE and failed_s < UNAVAILABLE_WITHIN_S
 
         resumed_on = get_session(second_address, session_id)  # the other replica, by id
-        assert [(t.role, t.text) for t in resumed_on.turns] == [(t.role, t.text) for t in before.turns]
+        assert [(t.role, t.text) for t in resumed_on.turns] == before
         began = time.monotonic()
-        resumed = text_turn(second_address, "second turn", session_id=session_id, max_new_tokens=12)
+        resumed = assert_history_continued(second_address, session_id, before)
+        assert resumed.events[0] == "session_started"
         print(f"the session resumed on the other replica: its next turn answered in {time.monotonic() - began:.2f} s")
-        assert resumed.session_id == session_id and resumed.events[0] == "session_started"
-        after = get_session(second_address, session_id)
-        assert [t.role for t in after.turns] == ["user", "assistant"] * 2
-        assert [t.text for t in after.turns[:2]] == [t.text for t in before.turns]
-        assert after.turns[2].text == "second turn" and after.turns[3].text == resumed.turns[0].text
 
         # The dead replica's LM request is cancelled with its connection (the engine polls for it). Its decoder
         # and tokenizer streams end at once only if a block was in flight; an idle one (its blocks all decoded)
