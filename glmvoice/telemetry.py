@@ -51,6 +51,23 @@ class Metrics:
         return start_http_server(port, addr=addr.strip("[]"), registry=self.registry)
 
 
+def scrape(url: str, name: str, labels: dict[str, str] | None = None, timeout_s: float = 5.0) -> float | None:
+    """Sum of the samples named `name` that carry `labels` at a Prometheus endpoint (prometheus_client's own
+    text-format parser); None when there is no such sample."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        text = response.read().decode()
+    # The parser names a counter's samples `<family>_total` even where the server wrote the bare name
+    # (Triton's nv_* counters), so a counter is found by either name.
+    values = [sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+              if (sample.name == name or (family.type == "counter" and sample.name == f"{name}_total"))
+              and all(sample.labels.get(k) == v for k, v in (labels or {}).items())]
+    return sum(values) if values else None
+
+
 # Credentials as they appear in access logs and error messages: query parameters, bearer tokens, key headers.
 _SECRETS = (
     re.compile(r"(?i)([?&](?:api[_-]?key|key|token|access_token|password)=)[^&\s\"']+"),

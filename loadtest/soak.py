@@ -25,9 +25,9 @@ import re
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
+from glmvoice.telemetry import scrape
 from services.local_stack import alive, process_groups, running, state_file, up
 
 MIB = 1024 * 1024
@@ -42,16 +42,7 @@ ORCHESTRATOR_STREAM_GAUGES = {"orchestrator_active_streams": ("glmvoice_active_s
 
 
 def rss_bytes(pid: int) -> int | None:
-    """Resident set size of a live process (psutil where installed, else /proc/PID/status), None if gone."""
-    try:
-        import psutil
-    except ImportError:
-        psutil = None
-    if psutil is not None:
-        try:
-            return psutil.Process(pid).memory_info().rss
-        except psutil.Error:
-            return None
+    """Resident set size of a live process from /proc/PID/status; None if it is gone (or a zombie)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -83,33 +74,12 @@ def stack_members(state: dict) -> dict[int, str]:
     return {pid: name for name, leader in state["pids"].items() for pid in groups.get(leader, [])}
 
 
-def gauge(url: str, name: str, labels: dict[str, str], timeout_s: float = 5.0) -> float | None:
-    """Sum of a metric's samples carrying `labels` at a Prometheus endpoint; None if it has no such sample."""
-    with urllib.request.urlopen(url, timeout=timeout_s) as response:
-        text = response.read().decode()
-    found, total = False, 0.0
-    for line in text.splitlines():
-        match = re.match(rf"^{re.escape(name)}(\{{[^}}]*\}})?\s+(\S+)$", line)
-        if match and all(f'{k}="{v}"' in (match.group(1) or "") for k, v in labels.items()):
-            found, total = True, total + float(match.group(2))
-    return total if found else None
-
-
-def triton_metrics_url(state: dict) -> str:
-    if state.get("triton_metrics"):
-        return state["triton_metrics"]
-    # A stack started before `up` recorded it: Triton's own command line says where its metrics are.
-    args = Path(f"/proc/{state['pids']['triton']}/cmdline").read_bytes().decode().split("\0")
-    port = next(a.split("=", 1)[1] for a in args if a.startswith("--metrics-port="))
-    return f"http://127.0.0.1:{port}/metrics"
-
-
 def live_streams(state: dict) -> dict[str, float | None]:
     values = {}
     for key, (name, labels) in TRITON_STREAM_GAUGES.items():
-        values[key] = gauge(triton_metrics_url(state), name, labels)
+        values[key] = scrape(state["triton_metrics"], name, labels)
     for key, (name, labels) in ORCHESTRATOR_STREAM_GAUGES.items():
-        values[key] = gauge(state["metrics"], name, labels)
+        values[key] = scrape(state["metrics"], name, labels)
     return values
 
 

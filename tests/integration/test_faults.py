@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from glmvoice.client import config_request
 from glmvoice.v1 import voice_chat_pb2 as pb
+from loadtest.soak import describe
 from services.local_stack import free_port, orchestrator_env, process_groups, wait_for_health
 from services.orchestrator.server import OrchestratorThread
 from services.orchestrator.settings import Settings
@@ -67,15 +68,6 @@ def failure_after(stream: LiveStream, began: float, timeout_s: float = 30) -> tu
         while stream.next_event(timeout_s).WhichOneof("event") != "turn_ended":
             pass
     return info.value, time.monotonic() - began
-
-
-def stub_model(pid: int) -> str:
-    """The model a Triton python backend stub serves (its command line names it)."""
-    try:
-        args = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
-        return next(a.decode() for a in args if a.endswith(b"/1/model.py")).split("/")[-3]
-    except (OSError, StopIteration):
-        return "?"
 
 
 def session_with_one_turn(address: str) -> tuple[str, list[tuple[str, str]]]:
@@ -161,7 +153,7 @@ def test_triton_killed_mid_reply_fails_fast_keeps_history_and_recovers(settings,
         time.sleep(1.0)
         left = [pid for pid in stubs if pid in process_groups().get(triton.process.pid, [])]
         print(f"python backend stubs left 1 s after the SIGKILL: {len(left)} of {len(stubs)} "
-              f"{[stub_model(pid) for pid in left]}")
+              f"{[describe(pid) for pid in left]}")
         if left:
             os.killpg(triton.process.pid, signal.SIGKILL)
 
