@@ -59,12 +59,14 @@ engines: tiny  ## ONNX exports, then TensorRT plans into build/engines (GPU node
 demo: setup $(if $(DEMO_READY),,tiny)  ## README's first command: a spoken question (a voice training never heard) through the whole stack, answered aloud
 	@mkdir -p build/demo
 	@[ -n "$(DEMO_READY)" ] || echo "demo: $(DEMO_CKPT) lacks the LM or decoder (make train-demo): asking $(CKPT) instead"
+	$(if $(DEMO_READY),$(PY) -m training.whisper_init --restore $(DEMO_CKPT)/glm-4-voice-tokenizer)
 	flite -voice $(DEMO_VOICE) -t "$(DEMO_QUESTION)" -o build/demo/question.wav
 	$(PY) -m services.demo --checkpoints $(if $(DEMO_READY),$(DEMO_CKPT),$(CKPT)) --clip build/demo/question.wav --question "$(DEMO_QUESTION)"
 	$(PY) -m training.demo_eval --hear build/demo
 
 train-demo: setup  ## the committed demo checkpoints again (plan "demo", one thread), then their evaluation in unseen voices
 	$(PY) -m training.tiny --plan demo --out $(DEMO_CKPT) --threads 1
+	$(PY) -m training.whisper_init --split $(DEMO_CKPT)/glm-4-voice-tokenizer
 	$(PY) -m training.demo_eval --checkpoints $(DEMO_CKPT) --out $(DEMO_CKPT)/demo_eval
 
 up: tiny  ## Redis, Triton, orchestrator and gateway in the background; prints their addresses (kept in build/stack/stack.json for `glmvoice chat`)

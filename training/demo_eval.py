@@ -49,7 +49,12 @@ def number_words(value: int) -> str:
 def spoken_form(text: str) -> str:
     """ASR writes "2 + 3 = 5."; the reply's text says "two plus three is five.": digits and signs as words."""
     text = text.replace("+", " plus ").replace("=", " is ")
-    return re.sub(r"\d+", lambda m: " " + number_words(int(m.group())) + " ", text)
+    return re.sub(r"\d+", lambda m: " " + _said(m.group()) + " ", text)
+
+
+def _said(digits: str) -> str:
+    """A number as words; past 99 (a misheard reply: "840") digit by digit, which cannot match an answer."""
+    return number_words(int(digits)) if int(digits) < 100 else " ".join(UNITS[int(d)] for d in digits)
 
 
 def reply_wer(pairs: list[tuple[str, str]]) -> float:

@@ -62,6 +62,17 @@ class Plan:
     # The decoder learns English sentences in its voice besides the answers; False: the answers only (a
     # closed-domain decoder, as the demo's, spends all its steps on the words it will have to say).
     decoder_sentences: bool = True
+    # Network presets; the tokenizer's encoder starts from whisper-base's (training.whisper_init) when
+    # tokenizer_init says so, else from random weights.
+    tokenizer_preset: str = "tiny"
+    tokenizer_init: str | None = None
+    decoder_preset: str = "tiny"
+    # The dtype flow.pt / hift.pt are written in (float32 as published; the demo's float16 keeps the committed
+    # checkpoints under 20 MB).
+    decoder_dtype: str = "float32"
+
+    def preset(self, network: str) -> str:
+        return {"speech_tokenizer": self.tokenizer_preset, "speech_decoder": self.decoder_preset}.get(network, "tiny")
 
     def data_hash(self) -> str:
         return hashlib.sha256((self.corpus.hash() + self.arithmetic.hash() + self.style.hash()).encode()).hexdigest()[:16]
@@ -94,11 +105,16 @@ PLANS = {
     "demo": Plan(
         corpus=corpus.Recipe(voices=corpus.Recipe().voices + (Voice("en-us+f2", 165, pitch=60), Voice("en-us+m3", 140)),
                              flite_voices=DEMO_FLITE_VOICES),
-        arithmetic=spoken_arithmetic.Recipe(voices=DEMO_QUESTION_VOICES, flite_voices=DEMO_FLITE_VOICES),
-        tokenizer=TokenizerTrainConfig(steps=250),
-        decoder=DecoderTrainConfig(flow_steps=300, hift_steps=600, adversarial_start=600),
-        lm_pretrain=LMTrainConfig(steps=300, batch_size=16),
-        lm=LMTrainConfig(steps=400, batch_size=12, lr=1e-3),
+        arithmetic=spoken_arithmetic.Recipe(voices=DEMO_QUESTION_VOICES, flite_voices=DEMO_FLITE_VOICES,
+                                            answer_voice="slt"),
+        tokenizer=TokenizerTrainConfig(steps=300, train_layers=0),
+        tokenizer_preset="whisper-base",
+        tokenizer_init="whisper-base",
+        decoder=DecoderTrainConfig(flow_steps=4000, hift_steps=4000, adversarial_start=4000),
+        decoder_preset="demo",
+        decoder_dtype="float16",
+        lm_pretrain=LMTrainConfig(steps=600, batch_size=16),
+        lm=LMTrainConfig(steps=3000, batch_size=12, lr=1e-3),
         decoder_sentences=False,
     ),
 }
@@ -119,14 +135,13 @@ class SpeechData:
 def speech_data(plan: Plan) -> SpeechData:
     english_train, english_held = corpus.english_corpus(plan.corpus)
     train_qa, held_qa = spoken_arithmetic.question_answer_pairs(plan.arithmetic)
-    voice = plan.arithmetic.voices[0]
-    if voice != plan.corpus.voices[0]:
-        raise ValueError("the corpus and the arithmetic answers must share their first voice (the decoder's)")
+    decoder_voice = spoken_arithmetic.answer_source(plan.arithmetic)
+    if decoder_voice not in (corpus.utterance_source(plan.corpus.voices[0]), *(f"flite:{v}" for v in plan.corpus.flite_voices)):
+        raise ValueError(f"the corpus does not speak in the answers' voice {decoder_voice} (the decoder's)")
     return SpeechData(english_train, english_held, spoken_arithmetic.synthesize(train_qa, plan.arithmetic),
                       spoken_arithmetic.synthesize(held_qa, plan.arithmetic),
                       spoken_arithmetic.synthesize(train_qa, plan.arithmetic, plan.arithmetic.held_out_voices),
-                      style_data.styled_examples(train_qa, plan.style, plan.arithmetic),
-                      f"espeak:{voice.name}:{voice.words_per_minute}:{voice.pitch}")
+                      style_data.styled_examples(train_qa, plan.style, plan.arithmetic), decoder_voice)
 
 
 def unique_answers(examples: list[spoken_arithmetic.Example]) -> list[Utterance]:
@@ -206,7 +221,10 @@ def train_speech_tokenizer(out: str | Path, preset: str, plan: Plan, parent: str
         return out
     expected = expected_provenance("speech_tokenizer", preset, plan, None, parent)
     torch.manual_seed(plan.seed)
-    if parent is None:
+    if parent is None and plan.tokenizer_init is not None:
+        model = _pretrained_tokenizer(plan.tokenizer_init, preset, plan.seed)
+        head = tt.CTCHead(tt.HeadConfig(model.config.d_model))
+    elif parent is None:
         model = SpeechTokenizerModel(SpeechTokenizerConfig.from_name(preset))
         model.init_random_weights(torch.Generator().manual_seed(plan.seed))
         for module in model.modules():  # trainable layers at torch's default scale; positions and codebook as published
@@ -216,7 +234,7 @@ def train_speech_tokenizer(out: str | Path, preset: str, plan: Plan, parent: str
     else:
         model = load_speech_tokenizer_model(parent)
         head = tt.load_head(parent) if (Path(parent) / tt.HEAD_NAME).exists() else tt.CTCHead(tt.HeadConfig(model.config.d_model))
-    tt.prepare_model(model, fresh=parent is None)
+    tt.prepare_model(model, fresh=parent is None, train_layers=plan.tokenizer.train_layers)
     data = speech_data(plan)
     utterances = data.english_train + [Utterance(ex.question, ex.audio, ex.sample_rate, "arithmetic:question")
                                        for ex in data.arithmetic_train] + unique_answers(data.arithmetic_train)
@@ -226,6 +244,15 @@ def train_speech_tokenizer(out: str | Path, preset: str, plan: Plan, parent: str
     save_speech_tokenizer(model, out)
     tt.save_head(head, out)
     return _finish(out, expected, {k: v for k, v in history.items() if k in ("ctc", "commitment")}, "speech tokenizer", plan)
+
+
+def _pretrained_tokenizer(source: str, preset: str, seed: int):
+    from training import asr
+    from training.whisper_init import whisper_initialised
+
+    if source != "whisper-base":
+        raise ValueError(f"tokenizer_init {source!r}: only whisper-base (training.asr's pinned weights) is known")
+    return whisper_initialised(asr.model_dir() / "model.bin", preset, seed)
 
 
 def train_speech_decoder(out: str | Path, preset: str, plan: Plan, tokenizer_dir: str | Path,
@@ -254,7 +281,7 @@ def train_speech_decoder(out: str | Path, preset: str, plan: Plan, tokenizer_dir
     decoder.flow.to(device)
     decoder.hift.to(device)
     history = td.train_decoder(decoder, items, config, work_dir(out, expected, plan))
-    save_speech_decoder(decoder, out)
+    save_speech_decoder(decoder, out, getattr(torch, plan.decoder_dtype))
     return _finish(out, expected, history, "speech decoder", plan, tokenizer_dir)
 
 

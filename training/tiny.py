@@ -33,7 +33,7 @@ def current_plan(out: Path) -> str | None:
     """The plan whose three checkpoints `out` already holds, if any (so `make tiny` keeps a longer run's)."""
     dirs = {network: out / name for network, name in LAYOUT.items()}
     for name, plan in pipeline.PLANS.items():
-        if all(pipeline.up_to_date(n, d, "tiny", plan, dirs["speech_tokenizer"]) for n, d in dirs.items()):
+        if all(pipeline.up_to_date(n, d, plan.preset(n), plan, dirs["speech_tokenizer"]) for n, d in dirs.items()):
             return name
     return None
 
@@ -47,11 +47,11 @@ def build(out: Path, plan_name: str | None, evaluate: bool, asr: bool) -> dict:
     dirs = {network: out / name for network, name in LAYOUT.items()}
     timings = {}
     started = time.monotonic()
-    pipeline.train_speech_tokenizer(dirs["speech_tokenizer"], "tiny", plan)
+    pipeline.train_speech_tokenizer(dirs["speech_tokenizer"], plan.preset("speech_tokenizer"), plan)
     timings["speech_tokenizer"] = time.monotonic() - started
     for network, trainer in (("speech_decoder", pipeline.train_speech_decoder), ("llm", pipeline.train_llm)):
         started = time.monotonic()
-        trainer(dirs[network], "tiny", plan, dirs["speech_tokenizer"])
+        trainer(dirs[network], plan.preset(network), plan, dirs["speech_tokenizer"])
         timings[network] = time.monotonic() - started
     report = {"plan": plan_name, "checkpoints": {k: str(v) for k, v in dirs.items()},
               "train_seconds": {k: round(v, 1) for k, v in timings.items()}}

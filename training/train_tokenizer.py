@@ -40,6 +40,9 @@ class TokenizerTrainConfig:
     dead_code_count: float = 0.05  # EMA usage below which a code is restarted
     seed: int = 0
     save_every: int = 100
+    # Encoder layers (from the last) that train; None: all, stem included. A pre-trained encoder (a Whisper
+    # parent) keeps the rest frozen, so a checkpoint differs from its parent only in those layers and the VQ.
+    train_layers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -142,11 +145,16 @@ def ema_update(model: SpeechTokenizerModel, states: torch.Tensor, codes: torch.T
     return len(dead)
 
 
-def prepare_model(model: SpeechTokenizerModel, fresh: bool) -> None:
-    """The codebook follows the EMA, not the optimizer; a fresh model starts with every code unused."""
+def prepare_model(model: SpeechTokenizerModel, fresh: bool, train_layers: int | None = None) -> None:
+    """The codebook follows the EMA, not the optimizer; a fresh model starts with every code unused.
+    With `train_layers`, only the last that many encoder layers keep gradients."""
     model.codebook.weight.requires_grad_(False)
     if fresh:
         model.ema_count.zero_()
+    if train_layers is not None:
+        frozen = [model.conv1, model.conv2, *model.layers[: len(model.layers) - train_layers]]
+        for module in frozen:
+            module.requires_grad_(False)
 
 
 def train_tokenizer(
@@ -159,10 +167,17 @@ def train_tokenizer(
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01, betas=(0.9, 0.98))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_warmup(config.warmup_steps, config.steps))
 
+    device = model.codebook.weight.device
+    # A wholly frozen encoder gives each utterance the same states every step: computed once, not per step.
+    frozen = frozen_states(model, data, config.batch_size) if config.train_layers == 0 else None
+
     def step(index, rng) -> dict[str, float]:
-        batch = collate(rng.sample(data, min(config.batch_size, len(data))))
-        mel, mask, n_tokens, targets, target_lens = (t.to(model.codebook.weight.device) for t in batch)
-        h = model.hidden(mel, mask)  # [B, N, C]
+        picks = rng.sample(range(len(data)), min(config.batch_size, len(data)))
+        mel, mask, n_tokens, targets, target_lens = (t.to(device) for t in collate([data[i] for i in picks]))
+        if frozen is None:
+            h = model.hidden(mel, mask)  # [B, N, C]
+        else:
+            h = _pad_states([frozen[i] for i in picks]).to(device)
         valid = torch.arange(h.shape[1], device=h.device)[None, :] < n_tokens[:, None]
         codes = vector_quantize(h.detach(), model.codebook.weight)
         q = model.codebook.weight[codes]
@@ -189,6 +204,23 @@ def train_tokenizer(
     model.eval()
     head.eval()
     return history
+
+
+@torch.no_grad()
+def frozen_states(model: SpeechTokenizerModel, data: list[Features], batch_size: int) -> list[torch.Tensor]:
+    """Each utterance's pooled encoder states [N, C] (its valid tokens only)."""
+    states = []
+    for start in range(0, len(data), batch_size):
+        items = data[start: start + batch_size]
+        mel, mask, n_tokens, _, _ = (t.to(model.codebook.weight.device) for t in collate(items))
+        h = model.hidden(mel, mask).cpu()
+        states += [h[i, : int(n)] for i, n in enumerate(n_tokens)]
+    return states
+
+
+def _pad_states(states: list[torch.Tensor]) -> torch.Tensor:
+    width = max(s.shape[0] for s in states)
+    return torch.stack([F.pad(s, (0, 0, 0, width - s.shape[0])) for s in states])
 
 
 @torch.no_grad()

@@ -64,6 +64,7 @@ transformer_configs: dict[str, dict] = {
         "source_resblock_dilation_sizes": [[1, 3], [1, 3]],
     },
 }
+transformer_configs["demo"] = transformer_configs["tiny"]  # the demo decoder differs in its flow only
 
 
 def length_mask(lengths: torch.Tensor, t: int, dtype: torch.dtype) -> torch.Tensor:

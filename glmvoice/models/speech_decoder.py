@@ -296,7 +296,9 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state_dict")
-    return state
+    # Float tensors as float32 before anything computes with them (weight-norm folding): a checkpoint saved in
+    # half precision loads as the float32 modules it came from, rounded.
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
 def positional_noise(seed: int, kind: int, start: int, stop: int, channels: int, chunk: int) -> torch.Tensor:
@@ -396,14 +398,19 @@ def load_speech_decoder(directory: str | Path, device: str | torch.device = "cpu
     return SpeechDecoder(flow, hift, device)
 
 
-def save_speech_decoder(decoder: SpeechDecoder, directory: str | Path) -> Path:
-    """Writes config.yaml, flow.pt and hift.pt (weight norm unfolded) in the published layout."""
+def save_speech_decoder(decoder: SpeechDecoder, directory: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Writes config.yaml, flow.pt and hift.pt (weight norm unfolded) in the published layout; float tensors in
+    `dtype` (float32 as published; loading casts them back to the modules' float32)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / CONFIG_NAME).write_text(config_to_yaml(decoder.config))
-    torch.save({k: v.detach().cpu() for k, v in decoder.flow.state_dict().items()}, directory / FLOW_NAME)
+
+    def cast(state: dict) -> dict:
+        return {k: v.detach().cpu().to(dtype) if v.is_floating_point() else v.detach().cpu() for k, v in state.items()}
+
+    torch.save(cast(decoder.flow.state_dict()), directory / FLOW_NAME)
     hift_state = {k: v.detach().cpu() for k, v in decoder.hift.state_dict().items()}
-    torch.save(unfold_weight_norm(hift_state, weight_normed_convs(decoder.hift)), directory / HIFT_NAME)
+    torch.save(cast(unfold_weight_norm(hift_state, weight_normed_convs(decoder.hift))), directory / HIFT_NAME)
     return directory
 
 

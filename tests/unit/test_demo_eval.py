@@ -44,12 +44,30 @@ def test_the_demo_plan_trains_on_no_held_out_voice():
         *plan.corpus.flite_voices, *plan.arithmetic.flite_voices}
 
 
-def test_committed_demo_tokenizer_is_what_the_demo_plan_trains():
+@pytest.fixture(scope="module")
+def demo_checkpoints() -> Path:
+    """The committed demo checkpoints with the tokenizer's weights rebuilt (whisper-base + its own tensors)."""
+    from training import asr, whisper_init
+
+    whisper_init.restore(DEMO / "glm-4-voice-tokenizer", asr.model_dir() / "model.bin")
+    return DEMO
+
+
+def test_committed_demo_tokenizer_is_what_the_demo_plan_trains(demo_checkpoints):
     """`make train-demo` keeps it (same data, hyperparameters, seed): a change to the plan or its data must
     come with a retrained checkpoint."""
-    assert pipeline.up_to_date("speech_tokenizer", DEMO / "glm-4-voice-tokenizer", "tiny", pipeline.PLANS["demo"])
-    assert sum(f.stat().st_size for f in DEMO.rglob("*") if f.is_file()
-               and not any(part.startswith(".") for part in f.relative_to(DEMO).parts)) <= 20 * 2**20  # trainer state aside
+    plan = pipeline.PLANS["demo"]
+    assert pipeline.up_to_date("speech_tokenizer", DEMO / "glm-4-voice-tokenizer", plan.preset("speech_tokenizer"), plan)
+
+
+def test_committed_demo_checkpoints_are_small():
+    """At most 20 MB as committed: the tokenizer's rebuilt weights, its evaluation-only ASR head and the
+    trainer state are not."""
+    rebuilt = {DEMO / "glm-4-voice-tokenizer" / name for name in ("model.safetensors", "asr_head.pt")}
+    committed = [f for f in DEMO.rglob("*") if f.is_file() and f not in rebuilt
+                 and not any(part.startswith(".") for part in f.relative_to(DEMO).parts)]
+    assert (DEMO / "glm-4-voice-tokenizer" / "trained.safetensors") in committed
+    assert sum(f.stat().st_size for f in committed) <= 20 * 2**20
 
 
 # The LM and decoder of the demo plan are not committed: trained to the end (2026-12-06) they missed the
@@ -60,14 +78,14 @@ needs_demo_lm = pytest.mark.skipif(not (DEMO / "glm-4-voice-9b" / "config.json")
 
 
 @needs_demo_lm
-def test_committed_demo_lm_and_decoder_are_what_the_demo_plan_trains():
+def test_committed_demo_lm_and_decoder_are_what_the_demo_plan_trains(demo_checkpoints):
     plan, tokenizer = pipeline.PLANS["demo"], DEMO / "glm-4-voice-tokenizer"
-    assert pipeline.up_to_date("speech_decoder", DEMO / "glm-4-voice-decoder", "tiny", plan, tokenizer)
+    assert pipeline.up_to_date("speech_decoder", DEMO / "glm-4-voice-decoder", plan.preset("speech_decoder"), plan, tokenizer)
     assert pipeline.up_to_date("llm", DEMO / "glm-4-voice-9b", "tiny", plan, tokenizer)
 
 
 @needs_demo_lm
-def test_committed_demo_checkpoints_answer_a_voice_never_heard_and_stop(one_torch_thread):
+def test_committed_demo_checkpoints_answer_a_voice_never_heard_and_stop(demo_checkpoints, one_torch_thread):
     from training.data.corpus import flite
 
     system = demo_eval.DemoSystem(DEMO)
@@ -104,3 +122,22 @@ def test_arithmetic_questions_in_flite_voices_too():
     espeak_answer = next(ex for ex in examples if ex.voice != "slt" and ex.answer == flite_made[0].answer)
     assert (flite_made[0].answer_audio == espeak_answer.answer_audio).all()  # one reply voice
     assert recipe.hash() != dataclasses.replace(recipe, flite_voices=()).hash()
+
+
+def test_answers_in_a_flite_voice_are_the_decoders_voice():
+    """Recipe.answer_voice: every answer in that flite voice (the demo's: whisper-base hears flite's slt far
+    better than espeak-ng), and the decoder's voice is that one."""
+    from training.data.tts import Voice
+
+    recipe = spoken_arithmetic.Recipe(max_operand=1, voices=(Voice("en-us", 150), Voice("en-gb", 160)),
+                                      held_out_fraction=0.0, answer_voice="slt")
+    pairs, _ = spoken_arithmetic.question_answer_pairs(recipe)
+    examples = spoken_arithmetic.synthesize(pairs, recipe)
+    espeak_answers = spoken_arithmetic.synthesize(pairs, dataclasses.replace(recipe, answer_voice=None))
+    assert all(ex.answer_sample_rate == 16000 for ex in examples)  # flite's rate, not espeak-ng's 22.05 kHz
+    for ex in examples:
+        same = next(o for o in examples if o.answer == ex.answer)
+        assert (ex.answer_audio == same.answer_audio).all()
+    assert all(ex.answer_sample_rate == 22050 for ex in espeak_answers)
+    assert spoken_arithmetic.answer_source(recipe) == "flite:slt"
+    assert spoken_arithmetic.answer_source(dataclasses.replace(recipe, answer_voice=None)) == "espeak:en-us:150:50"

@@ -246,3 +246,21 @@ def test_unevaluated_ref_in_a_needed_field_is_a_clear_error(tmp_path, tiny_speec
     (tmp_path / "config.yaml").write_text(text.replace("vocab_size: 1024", "vocab_size: !ref <sample_rate> // 2"))
     with pytest.raises(ValueError, match="vocab_size"):
         read_decoder_config(tmp_path)
+
+
+def test_a_decoder_saved_in_half_precision_loads_as_float32_with_the_rounded_weights(tmp_path):
+    import torch
+
+    from glmvoice.models.speech_decoder import DecoderConfig, build_speech_decoder, load_speech_decoder, save_speech_decoder
+
+    decoder = build_speech_decoder(DecoderConfig.from_name("tiny"), 0)
+    save_speech_decoder(decoder, tmp_path / "half", torch.float16)
+    save_speech_decoder(decoder, tmp_path / "full")
+    half, full = load_speech_decoder(tmp_path / "half"), load_speech_decoder(tmp_path / "full")
+    assert (tmp_path / "half" / "flow.pt").stat().st_size < 0.6 * (tmp_path / "full" / "flow.pt").stat().st_size
+    for name, value in half.flow.state_dict().items():
+        reference = full.flow.state_dict()[name]
+        assert value.dtype == reference.dtype
+        assert torch.equal(value, reference.half().float()) if value.is_floating_point() else torch.equal(value, reference)
+    codes = list(range(30))
+    assert half.decode(codes).shape == full.decode(codes).shape

@@ -62,3 +62,32 @@ def test_lm_trainer_learns_and_resumes_exactly(utterances, tiny_speech_tokenizer
     _lm_run(pairs, text_tokenizer.vocab_size, tmp_path / "work", stop_at=3)
     resumed_model, resumed = _lm_run(pairs, text_tokenizer.vocab_size, tmp_path / "work")
     assert resumed == losses and same_weights(model, resumed_model)
+
+
+def _frozen_run(utterances, train_layers):
+    from glmvoice.models.speech_tokenizer import SpeechTokenizerConfig, SpeechTokenizerModel
+    from glmvoice.runtime.tokenizer_stream import SpeechTokenizer
+    from training import train_tokenizer as tt
+
+    torch.manual_seed(0)
+    model = SpeechTokenizerModel(SpeechTokenizerConfig.from_name("tiny"))
+    model.init_random_weights(torch.Generator().manual_seed(0))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    head = tt.CTCHead(tt.HeadConfig(model.config.d_model, layers=1))
+    tt.prepare_model(model, fresh=True, train_layers=train_layers)
+    data = tt.features(SpeechTokenizer(model), utterances)
+    config = tt.TokenizerTrainConfig(steps=12, batch_size=4, lr=3e-3, warmup_steps=2, train_layers=train_layers)
+    history = tt.train_tokenizer(model, head, data, config)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    return changed, history
+
+
+def test_a_frozen_encoder_keeps_its_weights_and_the_codes_still_learn(utterances):
+    """train_layers=0 (a Whisper parent): only the VQ and the ASR half train (states computed once); 1: the last
+    encoder layer too."""
+    changed, history = _frozen_run(utterances, 0)
+    assert changed == {"codebook.weight", "ema_count", "ema_weight", "embed_positions2.weight"}
+    assert np.mean(history["ctc"][-3:]) < 0.8 * np.mean(history["ctc"][:3])
+    changed, _ = _frozen_run(utterances, 1)
+    assert {k.split(".")[1] for k in changed if k.startswith("layers.")} == {"1"}
+    assert not any(k.startswith(("conv", "layers.0.")) for k in changed)

@@ -89,11 +89,15 @@ def librivox_clips() -> list[tuple[Path, str]]:
     return clips
 
 
+def utterance_source(voice: Voice) -> str:
+    return f"espeak:{voice.name}:{voice.words_per_minute}:{voice.pitch}"
+
+
 def speak(text: str, recipe: Recipe) -> list[Utterance]:
     out = []
     for voice in recipe.voices:
         audio, rate = espeak(text, voice)
-        out.append(Utterance(text, audio, rate, f"espeak:{voice.name}:{voice.words_per_minute}:{voice.pitch}"))
+        out.append(Utterance(text, audio, rate, utterance_source(voice)))
     for name in recipe.flite_voices:
         audio, rate = flite(text, name)
         out.append(Utterance(text, audio, rate, f"flite:{name}"))

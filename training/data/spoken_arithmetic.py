@@ -25,6 +25,8 @@ class Recipe:
     voices: tuple[Voice, ...] = (Voice("en-us", 150), Voice("en-us", 175), Voice("en-gb", 160))
     held_out_voices: tuple[Voice, ...] = (Voice("en-us", 160, pitch=70),)
     flite_voices: tuple[str, ...] = ()  # more training voices, from flite (`flite -lv`); needs Debian's flite
+    # The assistant's voice: a flite voice's name, or None for voices[0] (espeak-ng).
+    answer_voice: str | None = None
     held_out_fraction: float = 0.15
     seed: int = 0
 
@@ -64,9 +66,22 @@ def synthesize(pairs: list[tuple[str, str]], recipe: Recipe, voices: tuple[Voice
         for voice in recipe.voices + recipe.flite_voices if voices is None else voices:
             audio, rate = flite(question, voice) if isinstance(voice, str) else espeak(question, voice)
             # The assistant always answers in one voice: the decoder has one (zero x-vector) speaker.
-            answer_audio, answer_rate = espeak(answer, recipe.voices[0])
+            answer_audio, answer_rate = answer_speech(answer, recipe)
             examples.append(Example(question, answer, voice, audio, rate, answer_audio, answer_rate))
     return examples
+
+
+def answer_speech(answer: str, recipe: Recipe) -> tuple[np.ndarray, int]:
+    from training.data.corpus import flite
+
+    return espeak(answer, recipe.voices[0]) if recipe.answer_voice is None else flite(answer, recipe.answer_voice)
+
+
+def answer_source(recipe: Recipe) -> str:
+    """The assistant's voice as corpus.Utterance.source names it."""
+    from training.data.corpus import utterance_source
+
+    return utterance_source(recipe.voices[0]) if recipe.answer_voice is None else f"flite:{recipe.answer_voice}"
 
 
 def dialogue_pairs(text_tokenizer, examples: list[Example], question_codes: list[list[int]],
