@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "transcript.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
     print(f"demo: question: {result['question_transcript']!r}")
     print(f"demo: reply ({result['audio_seconds']} s of audio, {result['reason']}): {result['text']!r}")
+    if result["reason"] == "TURN_END_REASON_LENGTH":
+        print(f"demo: the reply was cut by the token budget (--max-new-tokens {args.max_new_tokens}), not ended by the model")
     print("demo: latency breakdown")
     for stage, meaning in STAGES:
         print(f"  {stage:<24} {result['latency_ms'][stage]:>9.1f} ms   {meaning}")

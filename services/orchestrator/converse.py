@@ -306,8 +306,10 @@ class ConverseSession:
         started = time.perf_counter()
         lm = self.backend.generate(LMRequest(prompt, sampling, budget, self.record.session_id), self.trace_headers)
         try:
-            await self._route(lm, state, speech)
-            reason = "completed" if lm.finish_reason == "stop" else "length"
+            stopped = await self._route(lm, state, speech)
+            # The stop id itself says the model ended the reply: the stream's finish_reason arrives on its final
+            # response, after the id, and the router stops reading at the id (Triton's stream is then unread).
+            reason = "completed" if stopped or lm.finish_reason == "stop" else "length"
         except asyncio.CancelledError:  # barge-in or Cancel: keep what the client was sent
             await lm.cancel()
             await speech.cancel()
@@ -318,8 +320,9 @@ class ConverseSession:
             raise
         await self._commit(prompt, user, state, reason, speech_end, tokenize_ms, started)
 
-    async def _route(self, lm, state: Reply, speech: SpeechOut) -> None:
-        """LM ids -> text deltas to the client, speech codes to the decoder, until the stop id or the budget."""
+    async def _route(self, lm, state: Reply, speech: SpeechOut) -> bool:
+        """LM ids -> text deltas to the client, speech codes to the decoder, until the stop id (-> True) or the
+        budget (-> False)."""
         router = OutputRouter(self.tokenizer)
         async for token in lm:
             now = time.perf_counter()
@@ -338,6 +341,7 @@ class ConverseSession:
             self.out.put_nowait(ev.TextDelta(tail))
         await speech.finish()
         state.final_chunk_sent = True
+        return router.stopped
 
     def _kept_ids(self, state: Reply) -> list[int]:
         """Generated ids up to the first speech code whose audio the client was not sent."""

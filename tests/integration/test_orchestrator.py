@@ -163,6 +163,7 @@ def test_triton_backend_equals_in_process_backend(orchestrator, inprocess_orches
     served = converse(orchestrator.address, audio_requests(config, wire, end_of_turn=True))
     baseline = converse(inprocess_orchestrator.address, audio_requests(config, wire, end_of_turn=True))
     assert served.turns[0].text == baseline.turns[0].text
+    assert served.turns[0].reason == baseline.turns[0].reason  # a stop read as the stop on both (not "length")
     assert served.text_deltas == baseline.text_deltas
     a = decode(b"".join(served.audio), "LINEAR16")
     b = decode(b"".join(baseline.audio), "LINEAR16")

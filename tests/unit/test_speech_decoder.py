@@ -251,7 +251,12 @@ def test_unevaluated_ref_in_a_needed_field_is_a_clear_error(tmp_path, tiny_speec
 def test_a_decoder_saved_in_half_precision_loads_as_float32_with_the_rounded_weights(tmp_path):
     import torch
 
-    from glmvoice.models.speech_decoder import DecoderConfig, build_speech_decoder, load_speech_decoder, save_speech_decoder
+    from glmvoice.models.speech_decoder import (
+        DecoderConfig,
+        build_speech_decoder,
+        load_speech_decoder,
+        save_speech_decoder,
+    )
 
     decoder = build_speech_decoder(DecoderConfig.from_name("tiny"), 0)
     save_speech_decoder(decoder, tmp_path / "half", torch.float16)
