@@ -114,7 +114,7 @@ PLANS = {
         decoder_preset="demo",
         decoder_dtype="float16",
         lm_pretrain=LMTrainConfig(steps=600, batch_size=16),
-        lm=LMTrainConfig(steps=3000, batch_size=12, lr=1e-3),
+        lm=LMTrainConfig(steps=2000, batch_size=12, lr=1e-3),
         decoder_sentences=False,
     ),
 }
