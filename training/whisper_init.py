@@ -6,9 +6,10 @@ CTranslate2's `model.bin` (format version 6: a spec name, then named tensors) an
 onto our layout. We write the reader because CTranslate2's Python API converts into that format but offers no
 way to read weights back out. CTranslate2 fuses q/k/v into one linear (Whisper's keys carry no bias: zeros).
 
-`python -m training.whisper_init --out DIR [--preset whisper-base]` writes a tokenizer checkpoint directory
-(random codebook marked unused, so training starts it from data) that `training.tiny` takes as the
-tokenizer's parent.
+A plan with `tokenizer_init = "whisper-base"` (training.pipeline) starts its tokenizer here: the encoder
+Whisper's, the codebook random and marked unused, so training starts it from data. `python -m
+training.whisper_init --out DIR` writes that starting point as a checkpoint directory; `--split` / `--restore`
+commit a trained one as its own tensors (below).
 """
 
 from __future__ import annotations
