@@ -8,6 +8,7 @@ bool, "failed": [reasons], "thresholds": {...}, "evaluated_at"}; a checkpoint wi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -41,6 +42,15 @@ class Provenance:
         """Equal in everything that determines the weights (not in when or by which code it was made)."""
         skip = {"created_at", "code_version"}
         return all(getattr(self, f.name) == getattr(other, f.name) for f in fields(self) if f.name not in skip)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (weights identity: pinned downloads, the tokenizer codes came from)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def code_version() -> str:

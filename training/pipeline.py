@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from glmvoice.provenance import Provenance, new_provenance, read_provenance, write_provenance
+from glmvoice.provenance import Provenance, file_sha256, new_provenance, read_provenance, write_provenance
 from training.data import corpus, spoken_arithmetic
 from training.data import style as style_data
 from training.data.corpus import Utterance
@@ -191,11 +191,8 @@ def _plan_json(plan: Plan) -> dict:
 
 def _dependency_hash(plan: Plan, tokenizer_dir: Path) -> str:
     """Data of the LM and decoder: the plan's recipes and the exact tokenizer weights their codes come from."""
-    weights = hashlib.sha256()
-    with open(tokenizer_dir / WEIGHTS["speech_tokenizer"], "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            weights.update(block)
-    return hashlib.sha256(f"{plan.data_hash()}:{weights.hexdigest()}".encode()).hexdigest()[:16]
+    weights = file_sha256(tokenizer_dir / WEIGHTS["speech_tokenizer"])
+    return hashlib.sha256(f"{plan.data_hash()}:{weights}".encode()).hexdigest()[:16]
 
 
 def _finish(out: Path, provenance: Provenance, history: dict[str, list[float]], title: str, plan: Plan,

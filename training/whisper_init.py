@@ -15,7 +15,6 @@ commit a trained one as its own tensors (below).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import struct
 from pathlib import Path
 
@@ -25,7 +24,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from glmvoice.models.speech_tokenizer import SpeechTokenizerConfig, SpeechTokenizerModel, read_speech_tokenizer_config
-from glmvoice.models.speech_tokenizer_checkpoint import WEIGHTS_NAME, load_speech_tokenizer_model, save_speech_tokenizer
+from glmvoice.models.speech_tokenizer_checkpoint import (
+    WEIGHTS_NAME,
+    load_speech_tokenizer_model,
+    save_speech_tokenizer,
+    save_weights,
+)
+from glmvoice.provenance import file_sha256
 
 CT2_VERSION = 6
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
@@ -124,21 +129,13 @@ def whisper_initialised(model_bin: str | Path, preset: str | SpeechTokenizerConf
 DELTA_NAME = "trained.safetensors"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def split(directory: str | Path, model_bin: str | Path) -> dict[str, torch.Tensor]:
     """Writes DELTA_NAME: the tensors of `directory`'s tokenizer that differ from its Whisper initialisation."""
     directory = Path(directory)
     trained = load_speech_tokenizer_model(directory).state_dict()
     initial = whisper_initialised(model_bin, read_speech_tokenizer_config(directory)).state_dict()
     delta = {k: v.contiguous() for k, v in trained.items() if not torch.equal(v, initial[k])}
-    save_file(delta, directory / DELTA_NAME, metadata={"model_sha256": _sha256(directory / WEIGHTS_NAME)})
+    save_file(delta, directory / DELTA_NAME, metadata={"model_sha256": file_sha256(directory / WEIGHTS_NAME)})
     return delta
 
 
@@ -149,12 +146,12 @@ def restore(directory: str | Path, model_bin: str | Path) -> Path:
         expected = f.metadata()["model_sha256"]
         delta = {k: f.get_tensor(k) for k in f.keys()}
     weights = directory / WEIGHTS_NAME
-    if weights.exists() and _sha256(weights) == expected:
+    if weights.exists() and file_sha256(weights) == expected:
         return weights
     model = whisper_initialised(model_bin, read_speech_tokenizer_config(directory))
     model.load_state_dict(delta, strict=False)
-    save_file({k: v.detach().float().contiguous() for k, v in model.state_dict().items()}, weights, metadata={"format": "pt"})
-    if _sha256(weights) != expected:
+    save_weights(model, directory)
+    if file_sha256(weights) != expected:
         weights.unlink()
         raise ValueError(f"{directory}: rebuilt weights differ from the trained ones (another whisper-base?)")
     return weights

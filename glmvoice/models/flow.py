@@ -68,15 +68,13 @@ transformer_configs: dict[str, dict] = {
         "encoder": {"input_size": 64, "output_size": 64, "attention_heads": 2, "linear_units": 128, "num_blocks": 2},
         "estimator": {"channels": [32, 32], "attention_head_dim": 16, "n_blocks": 1, "num_mid_blocks": 1, "num_heads": 2},
     },
-    # The demo's: the tiny layout, wider and deeper (the tiny flow's mels of answers stayed babble).
-    "demo": {
-        "vocab_size": 1024,
-        "input_size": 128,
-        "spk_embed_dim": 16,
-        "regulator_ratios": 2,
-        "encoder": {"input_size": 128, "output_size": 128, "attention_heads": 4, "linear_units": 256, "num_blocks": 3},
-        "estimator": {"channels": [96, 96], "attention_head_dim": 32, "n_blocks": 1, "num_mid_blocks": 2, "num_heads": 2},
-    },
+}
+# The demo's: the tiny layout, wider and deeper (the tiny flow's mels of answers stayed babble).
+transformer_configs["demo"] = {
+    **transformer_configs["tiny"],
+    "input_size": 128,
+    "encoder": {"input_size": 128, "output_size": 128, "attention_heads": 4, "linear_units": 256, "num_blocks": 3},
+    "estimator": {"channels": [96, 96], "attention_head_dim": 32, "n_blocks": 1, "num_mid_blocks": 2, "num_heads": 2},
 }
 
 

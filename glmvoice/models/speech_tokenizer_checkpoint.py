@@ -56,12 +56,17 @@ def load_speech_tokenizer_model(directory: str | Path, device: str | torch.devic
     return model.to(device).eval()
 
 
+def save_weights(model: SpeechTokenizerModel, directory: Path) -> None:
+    """model.safetensors alone (bare keys, float32): bytes a given state always writes the same."""
+    state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, directory / WEIGHTS_NAME, metadata={"format": "pt"})
+
+
 def save_speech_tokenizer(tokenizer_or_model, directory: str | Path) -> None:
     """Writes config.json, preprocessor_config.json and model.safetensors (bare keys, float32) as published."""
     model = getattr(tokenizer_or_model, "model", tokenizer_or_model)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, directory / WEIGHTS_NAME, metadata={"format": "pt"})
+    save_weights(model, directory)
     (directory / CONFIG_NAME).write_text(json.dumps(config_json(model.config), indent=2) + "\n")
     (directory / PREPROCESSOR_NAME).write_text(json.dumps(preprocessor_json(model.config), indent=2) + "\n")
