@@ -69,10 +69,13 @@ class Question:
     voice: str
 
 
-def questions(plan_name: str, which: str, count: int, seed: int = 0) -> list[Question]:
-    """`count` questions of the plan's task (seeded pick), spoken in the held-out voices in turn."""
+def questions(plan_name: str, which: str, count: int | None = None, seed: int = 0) -> list[Question]:
+    """The plan's task in the held-out voices: every question in every voice, or `count` of them (a seeded
+    pick, the voices in turn)."""
     train, unseen = question_answer_pairs(PLANS[plan_name].arithmetic)
     pool = train if which == "seen" else unseen
+    if count is None:
+        return [Question(*pair, voice) for voice in HELD_OUT_VOICES for pair in pool]
     order = np.random.default_rng(seed).permutation(len(pool))[:count]
     return [Question(*pool[i], HELD_OUT_VOICES[n % len(HELD_OUT_VOICES)]) for n, i in enumerate(order)]
 
@@ -119,7 +122,7 @@ class DemoSystem:
         return tok.decode([i for i in result.ids if tok.is_text(i)]), codes, result.finish_reason
 
 
-def run(checkpoints: Path, plan_name: str, which: str, count: int, max_new_tokens: int, out: Path) -> dict:
+def run(checkpoints: Path, plan_name: str, which: str, count: int | None, max_new_tokens: int, out: Path) -> dict:
     from glmvoice.audio import resample, write_wav
     from training import asr
 
@@ -133,7 +136,7 @@ def run(checkpoints: Path, plan_name: str, which: str, count: int, max_new_token
         heard = asr.transcribe(resample(speech, system.decoder.sample_rate, asr.SAMPLE_RATE)) if len(speech) else ""
         replies.append(Reply(question, text, reason, speech, heard))
     samples = []
-    for n, reply in enumerate(replies[:3]):
+    for n, reply in enumerate(replies[::max(1, len(replies) // 3)][:3]):  # spread over the voices
         path = out / f"reply_{n}.wav"
         write_wav(path, reply.audio, system.decoder.sample_rate)
         samples.append({"question": reply.question.text, "voice": f"flite:{reply.question.voice}", "reply": reply.text,
@@ -143,6 +146,8 @@ def run(checkpoints: Path, plan_name: str, which: str, count: int, max_new_token
         "checkpoints": str(checkpoints), "plan": plan_name, "questions": which, "count": len(replies),
         "voices": [f"flite:{v}" for v in HELD_OUT_VOICES],
         "accuracy": sum(r.correct for r in replies) / len(replies),
+        "accuracy_by_voice": {f"flite:{v}": _share([r.correct for r in replies if r.question.voice == v])
+                              for v in HELD_OUT_VOICES},
         "reply_wer": reply_wer([(r.text, r.heard) for r in replies]),
         "replies_under_20pct_wer": sum(e <= 0.2 * max(1, n) for e, n in per_reply) / len(replies),
         "stop_share": sum(r.finish_reason == "stop" for r in replies) / len(replies),
@@ -150,6 +155,10 @@ def run(checkpoints: Path, plan_name: str, which: str, count: int, max_new_token
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def _share(flags: list[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
 
 
 def hear(demo_dir: Path) -> dict:
@@ -170,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoints", type=Path, default=Path("training/checkpoints/demo"))
     parser.add_argument("--plan", default="demo", choices=sorted(PLANS), help="the plan the checkpoints were trained on")
     parser.add_argument("--set", dest="which", choices=("seen", "unseen"), default="seen")
-    parser.add_argument("--count", type=int, default=32, help="16 per voice; the issue asks for at least 30")
+    parser.add_argument("--count", type=int, default=None,
+                        help="a seeded pick of this many questions (default: every question in each voice)")
     parser.add_argument("--max-new-tokens", type=int, default=400)
     parser.add_argument("--out", type=Path, default=Path("build/demo-eval"))
     parser.add_argument("--threads", type=int, default=1)
@@ -184,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     m = run(args.checkpoints, args.plan, args.which, args.count, args.max_new_tokens, args.out)
     print(f"{m['count']} {m['questions']} questions in {', '.join(m['voices'])}")
-    print(f"accuracy (reply text is the answer)       {m['accuracy']:.1%}")
+    print(f"accuracy (reply text is the answer)       {m['accuracy']:.1%}  "
+          + ", ".join(f"{v} {a:.1%}" for v, a in m["accuracy_by_voice"].items() if a is not None))
     print(f"reply WER (whisper-base vs reply text)    {m['reply_wer']:.1%}")
     print(f"replies with WER <= 20%                   {m['replies_under_20pct_wer']:.1%}")
     print(f"replies ended on the model's stop         {m['stop_share']:.1%}")

@@ -35,13 +35,17 @@ def test_questions_are_the_plans_training_questions_in_every_held_out_voice():
     assert all((q.text, q.answer) in train for q in picked)
     assert {q.voice for q in picked} == set(demo_eval.HELD_OUT_VOICES)
     assert all((q.text, q.answer) in unseen for q in demo_eval.questions("demo", "unseen", 10))
+    every = demo_eval.questions("demo", "seen")
+    assert sorted((q.text, q.voice) for q in every) == sorted(
+        (question, voice) for question, _ in train for voice in demo_eval.HELD_OUT_VOICES)
 
 
 def test_the_demo_plan_trains_on_no_held_out_voice():
-    """The evaluation asks in flite voices that the demo plan's data never uses (questions or sentences)."""
+    """The evaluation asks in flite voices that the demo plan's data never uses (questions, the LM's extra
+    question voices, or sentences)."""
     plan = pipeline.PLANS["demo"]
-    assert plan.arithmetic.flite_voices and not set(demo_eval.HELD_OUT_VOICES) & {
-        *plan.corpus.flite_voices, *plan.arithmetic.flite_voices}
+    assert plan.arithmetic.flite_voices and plan.lm_question_voices and not set(demo_eval.HELD_OUT_VOICES) & {
+        *plan.corpus.flite_voices, *plan.arithmetic.flite_voices, *plan.lm_question_voices}
 
 
 @pytest.fixture(scope="module")
@@ -70,21 +74,12 @@ def test_committed_demo_checkpoints_are_small():
     assert sum(f.stat().st_size for f in committed) <= 20 * 2**20
 
 
-# The LM and decoder of the demo plan are not committed: trained to the end (2026-12-06) they missed the
-# targets (docs/training.md, "The demo checkpoints"); these run once a plan's are committed.
-needs_demo_lm = pytest.mark.skipif(not (DEMO / "glm-4-voice-9b" / "config.json").exists()
-                                   or not (DEMO / "glm-4-voice-decoder" / "flow.pt").exists(),
-                                   reason="demo LM/decoder not committed (the demo plan misses its targets: docs/training.md)")
-
-
-@needs_demo_lm
 def test_committed_demo_lm_and_decoder_are_what_the_demo_plan_trains(demo_checkpoints):
     plan, tokenizer = pipeline.PLANS["demo"], DEMO / "glm-4-voice-tokenizer"
     assert pipeline.up_to_date("speech_decoder", DEMO / "glm-4-voice-decoder", plan.preset("speech_decoder"), plan, tokenizer)
     assert pipeline.up_to_date("llm", DEMO / "glm-4-voice-9b", "tiny", plan, tokenizer)
 
 
-@needs_demo_lm
 def test_committed_demo_checkpoints_answer_a_voice_never_heard_and_stop(demo_checkpoints, one_torch_thread):
     from training.data.corpus import flite
 
@@ -141,3 +136,46 @@ def test_answers_in_a_flite_voice_are_the_decoders_voice():
     assert all(ex.answer_sample_rate == 22050 for ex in espeak_answers)
     assert spoken_arithmetic.answer_source(recipe) == "flite:slt"
     assert spoken_arithmetic.answer_source(dataclasses.replace(recipe, answer_voice=None)) == "espeak:en-us:150:50"
+
+
+def test_speed_perturbed_questions_shift_pitch_and_tempo_together():
+    """Plan.lm_question_speeds: a question sped up by f is 1/f as long and every frequency in it f times higher
+    (a new speaker for the LM); the answer and its audio are the example's own."""
+    import numpy as np
+
+    rate = 16000
+    tone = np.sin(2 * np.pi * 200 * np.arange(rate) / rate).astype(np.float32)
+    answer = np.zeros(10, np.float32)
+    example = spoken_arithmetic.Example("what is one plus one", "one plus one is two.", "slt", tone, rate, answer, rate)
+    faster, slower = spoken_arithmetic.speed_perturbed([example], (1.25, 0.8))
+
+    def peak_hz(audio):
+        return np.argmax(np.abs(np.fft.rfft(audio))) * rate / len(audio)
+
+    assert len(faster.audio) == pytest.approx(rate / 1.25, abs=2) and len(slower.audio) == pytest.approx(rate / 0.8, abs=2)
+    assert peak_hz(faster.audio) == pytest.approx(250, abs=2) and peak_hz(slower.audio) == pytest.approx(160, abs=2)
+    assert (faster.question, faster.answer, faster.sample_rate, faster.answer_audio is answer) == (
+        example.question, example.answer, rate, True)
+    with pytest.raises(ValueError):
+        spoken_arithmetic.speed_perturbed([example], (3.0,))
+
+
+def test_piper_speaks_the_same_audio_every_run_and_synthesize_takes_its_voices():
+    """Plans must be reproducible: piper's default samples prosody inside its graph on every call; ours
+    speaks without that noise. A piper voice is one more kind of question voice."""
+    import numpy as np
+
+    from training.data.tts import PiperVoice, piper
+
+    audio, rate = piper("what is two plus three")
+    again, _ = piper("what is two plus three")
+    slower, _ = piper("what is two plus three", PiperVoice(length_scale=1.2))
+    assert rate == 22050 and audio.dtype == np.float32 and np.array_equal(audio, again)
+    assert 0.5 * rate < len(audio) < 3 * rate and len(slower) > 1.1 * len(audio)
+    assert np.abs(audio).max() > 0.1
+    recipe = spoken_arithmetic.Recipe(max_operand=1, held_out_fraction=0.0, answer_voice="slt")
+    pairs, _ = spoken_arithmetic.question_answer_pairs(recipe)
+    examples = spoken_arithmetic.synthesize(pairs, recipe, (PiperVoice(),))
+    assert [ex.question for ex in examples] == [q for q, _ in pairs] and examples[0].sample_rate == rate
+    with pytest.raises(ValueError):
+        piper(" ")

@@ -9,7 +9,7 @@ import pytest
 from glmvoice.provenance import read_metrics, read_provenance
 from training import pipeline
 from training.data import corpus, spoken_arithmetic
-from training.data.tts import Voice
+from training.data.tts import PiperVoice, Voice
 from training.train_llm import LMTrainConfig
 from training.train_tokenizer import TokenizerTrainConfig
 
@@ -42,6 +42,13 @@ def test_tokenizer_checkpoint_carries_provenance_and_is_cached(tmp_path):
     assert read_provenance(out).created_at == prov.created_at  # up to date: nothing retrained
     lr_changed = dataclasses.replace(PLAN, tokenizer=dataclasses.replace(PLAN.tokenizer, lr=1e-3))
     assert not pipeline.up_to_date("speech_tokenizer", out, "tiny", lr_changed)
+    # Another network's own fields leave it current (the LM's steps, the decoder's dtype); shared ones do not.
+    others_changed = dataclasses.replace(PLAN, lm=dataclasses.replace(PLAN.lm, steps=9), decoder_dtype="float16",
+                                         lm_question_speeds=(0.9,))
+    assert pipeline.up_to_date("speech_tokenizer", out, "tiny", others_changed)
+    assert not pipeline.up_to_date("speech_tokenizer", out, "tiny", dataclasses.replace(PLAN, seed=1))
+    assert {name for names in pipeline.OWN_FIELDS.values() for name in names} <= {
+        f.name for f in dataclasses.fields(pipeline.Plan)}
 
     result = evaluate_checkpoint("speech_tokenizer", out, plan=PLAN, out=tmp_path / "eval")
     doc = read_metrics(out)
@@ -69,3 +76,14 @@ def test_lm_is_pretrained_on_interleaved_data_then_fine_tuned(tmp_path):
     assert not any(question in text for question, _ in held for text in texts)
     assert any(question in text for question, _ in train for text in texts)  # ASR pairs of training questions
     assert pipeline.pretraining_corpus(text_tokenizer, load_speech_tokenizer(tokenizer_dir), PLAN) == corpus
+    # Speed-perturbed questions and the LM's own question voices: one more spoken dialogue per factor and
+    # training question (new codes, same answer), then one per voice and training question.
+    speech_tokenizer = load_speech_tokenizer(tokenizer_dir)
+    pairs = pipeline.fine_tuning_pairs(text_tokenizer, speech_tokenizer, PLAN)
+    more = dataclasses.replace(PLAN, lm_question_speeds=(0.9,), lm_question_voices=(PiperVoice(),))
+    extra = pipeline.fine_tuning_pairs(text_tokenizer, speech_tokenizer, more)[len(pairs):]
+    spoken = pipeline.speech_data(PLAN).arithmetic_train
+    assert len(extra) == len(spoken) + len(train)
+    assert [completion for _, completion in extra[:len(spoken)]] == [completion for _, completion in pairs[:len(spoken)]]
+    assert all(prompt != original for (prompt, _), (original, _) in zip(extra, pairs))
+    assert more.data_hash() == PLAN.data_hash()  # the tokenizer's data: they are the LM's alone
