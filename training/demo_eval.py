@@ -1,7 +1,7 @@
 """`python -m training.demo_eval --checkpoints DIR`: the demo's task end to end, in voices training never heard.
 
-Each question is spoken by one of flite's voices (a different synthesizer from the espeak-ng voices every plan
-trains on), then: our speech tokenizer -> the LM (greedy, the demo's setting) -> the reply's speech codes ->
+Each question is spoken by one of flite's voices awb and rms (a different synthesizer from the espeak-ng voices
+every plan trains on; `--voices piper:joe-us`: piper's neural voice)trains on), then: our speech tokenizer -> the LM (greedy, the demo's setting) -> the reply's speech codes ->
 our speech decoder -> faster-whisper base (training.asr, pinned). Prints and writes (--out/metrics.json):
 
 - accuracy: the reply's text is the expected answer (normalised);
@@ -29,9 +29,11 @@ from training.data.spoken_arithmetic import NUMBER_WORDS, question_answer_pairs
 from training.evaluate import wer, word_errors
 from training.pipeline import PLANS
 
-# flite's voices (`flite -lv`) that no plan's arithmetic data uses (the demo plan trains on slt and kal; awb_time
-# speaks only clock times): a Scottish and a US male speaker.
-HELD_OUT_VOICES = ("awb", "rms")
+# Voices no plan's data uses. The default set is flite's (`flite -lv`) awb and rms, a Scottish and a US male
+# speaker (the demo plan trains on slt and kal; awb_time speaks only clock times); piper's joe-us is a neural
+# voice, a US male (`--voices piper:joe-us`).
+HELD_OUT_VOICES = ("flite:awb", "flite:rms")
+OTHER_VOICES = ("piper:joe-us",)
 UNITS = NUMBER_WORDS + ["nineteen"]  # the task's words stop at its largest sum
 TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
 
@@ -69,15 +71,28 @@ class Question:
     voice: str
 
 
-def questions(plan_name: str, which: str, count: int | None = None, seed: int = 0) -> list[Question]:
-    """The plan's task in the held-out voices: every question in every voice, or `count` of them (a seeded
-    pick, the voices in turn)."""
+def questions(plan_name: str, which: str, count: int | None = None, seed: int = 0,
+              voices: tuple[str, ...] = HELD_OUT_VOICES) -> list[Question]:
+    """The plan's task in held-out voices: every question in every voice, or `count` of them (a seeded pick,
+    the voices in turn)."""
     train, unseen = question_answer_pairs(PLANS[plan_name].arithmetic)
     pool = train if which == "seen" else unseen
     if count is None:
-        return [Question(*pair, voice) for voice in HELD_OUT_VOICES for pair in pool]
+        return [Question(*pair, voice) for voice in voices for pair in pool]
     order = np.random.default_rng(seed).permutation(len(pool))[:count]
-    return [Question(*pool[i], HELD_OUT_VOICES[n % len(HELD_OUT_VOICES)]) for n, i in enumerate(order)]
+    return [Question(*pool[i], voices[n % len(voices)]) for n, i in enumerate(order)]
+
+
+def speak(text: str, voice: str) -> tuple[np.ndarray, int]:
+    """A held-out voice by name: "flite:awb", "piper:joe-us"."""
+    from training.data.tts import PiperVoice, piper
+
+    if voice == "piper:joe-us":
+        return piper(text, PiperVoice())
+    kind, _, name = voice.partition(":")
+    if kind != "flite" or not name:
+        raise ValueError(f"unknown voice {voice!r}: flite:<name> or piper:joe-us")
+    return flite(text, name)
 
 
 @dataclass
@@ -122,32 +137,47 @@ class DemoSystem:
         return tok.decode([i for i in result.ids if tok.is_text(i)]), codes, result.finish_reason
 
 
-def run(checkpoints: Path, plan_name: str, which: str, count: int | None, max_new_tokens: int, out: Path) -> dict:
+    def reply_audio(self, codes: list[int], streaming: bool) -> np.ndarray:
+        """The reply's audio: decoded whole, or as the services do, pushed to a decoder stream one speech run
+        (the interleaved template's, as the LM emits them) at a time."""
+        if not codes:
+            return np.zeros(0, np.float32)
+        if not streaming:
+            return self.decoder.decode(codes)
+        from glmvoice.runtime.decoder_stream import DecoderStreams
+        from training.data.interleave import SPEECH_RUN
+
+        with DecoderStreams(self.decoder).stream("reply") as stream:
+            runs = [stream.push(codes[i:i + SPEECH_RUN]) for i in range(0, len(codes), SPEECH_RUN)]
+            return np.concatenate([*runs, stream.finalize()])
+
+
+def run(checkpoints: Path, plan_name: str, which: str, count: int | None, max_new_tokens: int, out: Path,
+        voices: tuple[str, ...] = HELD_OUT_VOICES, streaming: bool = False) -> dict:
     from glmvoice.audio import resample, write_wav
     from training import asr
 
     system = DemoSystem(checkpoints)
     out.mkdir(parents=True, exist_ok=True)
     replies = []
-    for question in questions(plan_name, which, count):
-        audio, rate = flite(question.text, question.voice)
+    for question in questions(plan_name, which, count, voices=voices):
+        audio, rate = speak(question.text, question.voice)
         text, codes, reason = system.reply(audio, rate, max_new_tokens)
-        speech = system.decoder.decode(codes) if codes else np.zeros(0, np.float32)
+        speech = system.reply_audio(codes, streaming)
         heard = asr.transcribe(resample(speech, system.decoder.sample_rate, asr.SAMPLE_RATE)) if len(speech) else ""
         replies.append(Reply(question, text, reason, speech, heard))
     samples = []
     for n, reply in enumerate(replies[::max(1, len(replies) // 3)][:3]):  # spread over the voices
         path = out / f"reply_{n}.wav"
         write_wav(path, reply.audio, system.decoder.sample_rate)
-        samples.append({"question": reply.question.text, "voice": f"flite:{reply.question.voice}", "reply": reply.text,
+        samples.append({"question": reply.question.text, "voice": reply.question.voice, "reply": reply.text,
                         "heard": reply.heard, "wav": str(path)})
     per_reply = [word_errors(r.text, spoken_form(r.heard)) for r in replies]
     metrics = {
         "checkpoints": str(checkpoints), "plan": plan_name, "questions": which, "count": len(replies),
-        "voices": [f"flite:{v}" for v in HELD_OUT_VOICES],
+        "voices": list(voices), "decode": "streaming" if streaming else "offline",
         "accuracy": sum(r.correct for r in replies) / len(replies),
-        "accuracy_by_voice": {f"flite:{v}": _share([r.correct for r in replies if r.question.voice == v])
-                              for v in HELD_OUT_VOICES},
+        "accuracy_by_voice": {v: _share([r.correct for r in replies if r.question.voice == v]) for v in voices},
         "reply_wer": reply_wer([(r.text, r.heard) for r in replies]),
         "replies_under_20pct_wer": sum(e <= 0.2 * max(1, n) for e, n in per_reply) / len(replies),
         "stop_share": sum(r.finish_reason == "stop" for r in replies) / len(replies),
@@ -181,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="which", choices=("seen", "unseen"), default="seen")
     parser.add_argument("--count", type=int, default=None,
                         help="a seeded pick of this many questions (default: every question in each voice)")
+    parser.add_argument("--voices", default=",".join(HELD_OUT_VOICES),
+                        help=f"held-out voices, comma-separated (also: {', '.join(OTHER_VOICES)})")
+    parser.add_argument("--streaming", action="store_true",
+                        help="decode the reply in blocks as the services do (default: whole, offline)")
     parser.add_argument("--max-new-tokens", type=int, default=400)
     parser.add_argument("--out", type=Path, default=Path("build/demo-eval"))
     parser.add_argument("--threads", type=int, default=1)
@@ -192,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         heard = hear(args.hear)
         print(f"demo: whisper-base hears the reply as {heard['heard']!r} (WER {heard['wer']:.0%} against its text)")
         return 0
-    m = run(args.checkpoints, args.plan, args.which, args.count, args.max_new_tokens, args.out)
+    m = run(args.checkpoints, args.plan, args.which, args.count, args.max_new_tokens, args.out,
+            tuple(args.voices.split(",")), args.streaming)
     print(f"{m['count']} {m['questions']} questions in {', '.join(m['voices'])}")
     print(f"accuracy (reply text is the answer)       {m['accuracy']:.1%}  "
           + ", ".join(f"{v} {a:.1%}" for v, a in m["accuracy_by_voice"].items() if a is not None))

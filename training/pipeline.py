@@ -28,7 +28,7 @@ from glmvoice.provenance import Provenance, file_sha256, new_provenance, read_pr
 from training.data import corpus, spoken_arithmetic
 from training.data import style as style_data
 from training.data.corpus import Utterance
-from training.data.tts import PiperVoice, Voice
+from training.data.tts import Voice
 from training.loop import save_loss_plot
 from training.train_decoder import DecoderTrainConfig
 from training.train_llm import LMTrainConfig
@@ -60,11 +60,9 @@ class Plan:
     # (held-out questions 24 % vs 51 % at 1e-3, one seed).
     lm: LMTrainConfig = LMTrainConfig(steps=500, batch_size=12, lr=1e-3)
     # Fine-tuning also hears each training question sped up or slowed down by these factors
-    # (spoken_arithmetic.speed_perturbed), and spoken by these voices: more speakers for the LM. Only the LM
-    # hears them (its task is to understand any speaker; the tokenizer's codebook, and so the decoder, stay as
-    # they are).
+    # (spoken_arithmetic.speed_perturbed): more speakers for the LM than the synthesizers have. The LM's alone:
+    # the tokenizer's codebook, and so the decoder, stay as they are.
     lm_question_speeds: tuple[float, ...] = ()
-    lm_question_voices: tuple[Voice | str | PiperVoice, ...] = ()
     # The decoder learns English sentences in its voice besides the answers; False: the answers only (a
     # closed-domain decoder, as the demo's, spends all its steps on the words it will have to say).
     decoder_sentences: bool = True
@@ -88,8 +86,7 @@ class Plan:
 OWN_FIELDS = {
     "speech_tokenizer": ("tokenizer", "tokenizer_preset", "tokenizer_init"),
     "speech_decoder": ("decoder", "decoder_preset", "decoder_dtype", "decoder_sentences"),
-    "llm": ("lm_pretrain", "lm_pretrain_documents", "lm_fact_repeats", "lm", "lm_question_speeds",
-            "lm_question_voices"),
+    "llm": ("lm_pretrain", "lm_pretrain_documents", "lm_fact_repeats", "lm", "lm_question_speeds"),
 }
 
 # The first is the assistant's (and decoder's) voice, as in the default recipe.
@@ -131,7 +128,6 @@ PLANS = {
         lm_pretrain=LMTrainConfig(steps=600, batch_size=16),
         lm=LMTrainConfig(steps=2000, batch_size=12, lr=1e-3),
         lm_question_speeds=(0.85, 0.92, 1.08, 1.15),
-        lm_question_voices=tuple(PiperVoice(length_scale=scale) for scale in (1.0, 0.85, 1.2)),
         decoder_sentences=False,
     ),
 }
@@ -374,11 +370,9 @@ def fine_tuning_pairs(text_tokenizer, speech_tokenizer, plan: Plan) -> list[tupl
         text_tokenizer, styled, codes_of(speech_tokenizer, [(ex.audio, ex.sample_rate) for ex in styled]),
         codes_of(speech_tokenizer, [(ex.answer_audio, ex.answer_sample_rate) for ex in styled]))
     facts = whole_sequences([text_tokenizer.encode(answer) for answer in all_answers(plan)])
-    train_qa, _ = spoken_arithmetic.question_answer_pairs(plan.arithmetic)
-    more = (spoken_arithmetic.speed_perturbed(data.arithmetic_train, plan.lm_question_speeds)
-            + spoken_arithmetic.synthesize(train_qa, plan.arithmetic, plan.lm_question_voices))
+    perturbed = spoken_arithmetic.speed_perturbed(data.arithmetic_train, plan.lm_question_speeds)
     return (lm_pairs(text_tokenizer, speech_tokenizer, data.arithmetic_train) + styled_pairs + facts
-            + (lm_pairs(text_tokenizer, speech_tokenizer, more) if more else []))
+            + (lm_pairs(text_tokenizer, speech_tokenizer, perturbed) if perturbed else []))
 
 
 def lm_pairs(text_tokenizer, speech_tokenizer, examples: list[spoken_arithmetic.Example]) -> list[tuple[list[int], list[int]]]:

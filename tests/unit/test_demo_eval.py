@@ -41,11 +41,12 @@ def test_questions_are_the_plans_training_questions_in_every_held_out_voice():
 
 
 def test_the_demo_plan_trains_on_no_held_out_voice():
-    """The evaluation asks in flite voices that the demo plan's data never uses (questions, the LM's extra
-    question voices, or sentences)."""
+    """The evaluation asks in flite voices that the demo plan's data never uses (questions or sentences), and
+    no plan's data is spoken by piper."""
     plan = pipeline.PLANS["demo"]
-    assert plan.arithmetic.flite_voices and plan.lm_question_voices and not set(demo_eval.HELD_OUT_VOICES) & {
-        *plan.corpus.flite_voices, *plan.arithmetic.flite_voices, *plan.lm_question_voices}
+    held_out = {voice.partition(":")[2] for voice in demo_eval.HELD_OUT_VOICES}
+    assert plan.arithmetic.flite_voices and not held_out & {*plan.corpus.flite_voices, *plan.arithmetic.flite_voices}
+    assert "PiperVoice" not in repr(pipeline.PLANS)
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +90,22 @@ def test_committed_demo_checkpoints_answer_a_voice_never_heard_and_stop(demo_che
     assert text.strip() == "two plus three is five."
     assert reason == "stop" and len(codes) > 20
     assert len(system.decoder.decode(codes)) > 0.5 * system.decoder.sample_rate
+
+
+def test_committed_demo_reply_streamed_is_the_reply_decoded_whole(demo_checkpoints, one_torch_thread):
+    """`training.demo_eval --streaming` decodes as the services do (a speech run at a time through a decoder
+    stream): the same length and nearly the same waveform as the whole reply decoded at once."""
+    import numpy as np
+
+    from training.data.corpus import flite
+    from training.data.interleave import SPEECH_RUN
+
+    system = demo_eval.DemoSystem(DEMO)
+    text, codes, _ = system.reply(*flite("what is nine plus seven", "awb"), max_new_tokens=400)
+    assert len(codes) > SPEECH_RUN  # more than one push
+    whole, streamed = system.reply_audio(codes, streaming=False), system.reply_audio(codes, streaming=True)
+    assert len(streamed) == len(whole) and np.corrcoef(whole, streamed)[0, 1] > 0.9
+    assert len(system.reply_audio([], streaming=True)) == 0
 
 
 def test_decoder_can_learn_the_answers_alone(tmp_path):
@@ -160,9 +177,9 @@ def test_speed_perturbed_questions_shift_pitch_and_tempo_together():
         spoken_arithmetic.speed_perturbed([example], (3.0,))
 
 
-def test_piper_speaks_the_same_audio_every_run_and_synthesize_takes_its_voices():
-    """Plans must be reproducible: piper's default samples prosody inside its graph on every call; ours
-    speaks without that noise. A piper voice is one more kind of question voice."""
+def test_piper_speaks_the_same_audio_every_run_and_is_a_held_out_voice():
+    """Evaluations must be reproducible: piper's default samples prosody inside its graph on every call;
+    ours speaks without that noise. demo_eval asks in it by name, as in flite's voices."""
     import numpy as np
 
     from training.data.tts import PiperVoice, piper
@@ -173,9 +190,9 @@ def test_piper_speaks_the_same_audio_every_run_and_synthesize_takes_its_voices()
     assert rate == 22050 and audio.dtype == np.float32 and np.array_equal(audio, again)
     assert 0.5 * rate < len(audio) < 3 * rate and len(slower) > 1.1 * len(audio)
     assert np.abs(audio).max() > 0.1
-    recipe = spoken_arithmetic.Recipe(max_operand=1, held_out_fraction=0.0, answer_voice="slt")
-    pairs, _ = spoken_arithmetic.question_answer_pairs(recipe)
-    examples = spoken_arithmetic.synthesize(pairs, recipe, (PiperVoice(),))
-    assert [ex.question for ex in examples] == [q for q, _ in pairs] and examples[0].sample_rate == rate
+    assert np.array_equal(demo_eval.speak("what is two plus three", "piper:joe-us")[0], audio)
+    assert demo_eval.speak("what is two plus three", "flite:awb")[1] == 16000
     with pytest.raises(ValueError):
         piper(" ")
+    with pytest.raises(ValueError):
+        demo_eval.speak("what is two plus three", "espeak:en-us")

@@ -9,7 +9,7 @@ import pytest
 from glmvoice.provenance import read_metrics, read_provenance
 from training import pipeline
 from training.data import corpus, spoken_arithmetic
-from training.data.tts import PiperVoice, Voice
+from training.data.tts import Voice
 from training.train_llm import LMTrainConfig
 from training.train_tokenizer import TokenizerTrainConfig
 
@@ -76,14 +76,14 @@ def test_lm_is_pretrained_on_interleaved_data_then_fine_tuned(tmp_path):
     assert not any(question in text for question, _ in held for text in texts)
     assert any(question in text for question, _ in train for text in texts)  # ASR pairs of training questions
     assert pipeline.pretraining_corpus(text_tokenizer, load_speech_tokenizer(tokenizer_dir), PLAN) == corpus
-    # Speed-perturbed questions and the LM's own question voices: one more spoken dialogue per factor and
-    # training question (new codes, same answer), then one per voice and training question.
+    # Speed-perturbed questions: one more spoken dialogue per factor and training question (new codes, same
+    # answer).
     speech_tokenizer = load_speech_tokenizer(tokenizer_dir)
     pairs = pipeline.fine_tuning_pairs(text_tokenizer, speech_tokenizer, PLAN)
-    more = dataclasses.replace(PLAN, lm_question_speeds=(0.9,), lm_question_voices=(PiperVoice(),))
+    more = dataclasses.replace(PLAN, lm_question_speeds=(0.9, 1.1))
     extra = pipeline.fine_tuning_pairs(text_tokenizer, speech_tokenizer, more)[len(pairs):]
     spoken = pipeline.speech_data(PLAN).arithmetic_train
-    assert len(extra) == len(spoken) + len(train)
+    assert len(extra) == 2 * len(spoken)
     assert [completion for _, completion in extra[:len(spoken)]] == [completion for _, completion in pairs[:len(spoken)]]
     assert all(prompt != original for (prompt, _), (original, _) in zip(extra, pairs))
     assert more.data_hash() == PLAN.data_hash()  # the tokenizer's data: they are the LM's alone

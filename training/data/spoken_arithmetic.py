@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from training.data.tts import PiperVoice, Voice, espeak, piper
+from training.data.tts import Voice, espeak
 
 NUMBER_WORDS = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen".split()
 
@@ -38,7 +38,7 @@ class Recipe:
 class Example:
     question: str
     answer: str
-    voice: Voice | str | PiperVoice  # an espeak-ng voice, a flite voice's name, or a piper voice
+    voice: Voice | str  # an espeak-ng voice, or a flite voice's name
     audio: np.ndarray  # question speech, float32
     sample_rate: int
     answer_audio: np.ndarray
@@ -56,26 +56,19 @@ def question_answer_pairs(recipe: Recipe) -> tuple[list[tuple[str, str]], list[t
     return [pairs[i] for i in order[held:]], [pairs[i] for i in order[:held]]
 
 
-def synthesize(pairs: list[tuple[str, str]], recipe: Recipe,
-               voices: tuple[Voice | str | PiperVoice, ...] | None = None) -> list[Example]:
+def synthesize(pairs: list[tuple[str, str]], recipe: Recipe, voices: tuple[Voice, ...] | None = None) -> list[Example]:
     """Each question in each voice (default: the training voices, flite's included), each answer in the
     assistant's voice."""
+    from training.data.corpus import flite
+
     examples = []
     for question, answer in pairs:
         for voice in recipe.voices + recipe.flite_voices if voices is None else voices:
-            audio, rate = question_speech(question, voice)
+            audio, rate = flite(question, voice) if isinstance(voice, str) else espeak(question, voice)
             # The assistant always answers in one voice: the decoder has one (zero x-vector) speaker.
             answer_audio, answer_rate = answer_speech(answer, recipe)
             examples.append(Example(question, answer, voice, audio, rate, answer_audio, answer_rate))
     return examples
-
-
-def question_speech(text: str, voice: Voice | str | PiperVoice) -> tuple[np.ndarray, int]:
-    from training.data.corpus import flite
-
-    if isinstance(voice, str):
-        return flite(text, voice)
-    return piper(text, voice) if isinstance(voice, PiperVoice) else espeak(text, voice)
 
 
 def speed_perturbed(examples: list[Example], factors: tuple[float, ...]) -> list[Example]:
