@@ -1,8 +1,9 @@
 """`python -m training.demo_eval --checkpoints DIR`: the demo's task end to end, in voices training never heard.
 
 Each question is spoken by one of flite's voices awb and rms (a different synthesizer from the espeak-ng voices
-every plan trains on; `--voices piper:joe-us`: piper's neural voice)trains on), then: our speech tokenizer -> the LM (greedy, the demo's setting) -> the reply's speech codes ->
-our speech decoder -> faster-whisper base (training.asr, pinned). Prints and writes (--out/metrics.json):
+every plan trains on; `--voices piper:joe-us`: piper's neural voice), then: our speech tokenizer -> the LM
+(greedy, the demo's setting) -> the reply's speech codes -> our speech decoder (whole, or `--streaming` as the
+services decode) -> faster-whisper base (training.asr, pinned). Prints and writes (--out/metrics.json):
 
 - accuracy: the reply's text is the expected answer (normalised);
 - reply WER: what whisper hears in the reply audio against the reply's own text (can the answer be heard?);
@@ -85,10 +86,10 @@ def questions(plan_name: str, which: str, count: int | None = None, seed: int = 
 
 def speak(text: str, voice: str) -> tuple[np.ndarray, int]:
     """A held-out voice by name: "flite:awb", "piper:joe-us"."""
-    from training.data.tts import PiperVoice, piper
+    from training.data.tts import piper
 
     if voice == "piper:joe-us":
-        return piper(text, PiperVoice())
+        return piper(text)
     kind, _, name = voice.partition(":")
     if kind != "flite" or not name:
         raise ValueError(f"unknown voice {voice!r}: flite:<name> or piper:joe-us")

