@@ -137,7 +137,6 @@ class DemoSystem:
         codes = [i - tok.audio_offset for i in result.ids if tok.is_audio(i)]
         return tok.decode([i for i in result.ids if tok.is_text(i)]), codes, result.finish_reason
 
-
     def reply_audio(self, codes: list[int], streaming: bool) -> np.ndarray:
         """The reply's audio: decoded whole, or as the services do, pushed to a decoder stream one speech run
         (the interleaved template's, as the LM emits them) at a time."""
@@ -219,10 +218,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=400)
     parser.add_argument("--out", type=Path, default=Path("build/demo-eval"))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--say", metavar="TEXT", help="only speak TEXT in the first of --voices into --wav")
+    parser.add_argument("--wav", type=Path, default=Path("build/demo/question.wav"), help="where --say writes")
     parser.add_argument("--hear", type=Path, metavar="DEMO_DIR",
                         help="only transcribe the reply `services.demo` wrote there (reply.wav, transcript.json)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.say:
+        from glmvoice.audio import write_wav
+
+        voice = args.voices.split(",")[0]
+        args.wav.parent.mkdir(parents=True, exist_ok=True)
+        write_wav(args.wav, *speak(args.say, voice))
+        print(f"demo: {voice} says {args.say!r} into {args.wav}")
+        return 0
     if args.hear:
         heard = hear(args.hear)
         print(f"demo: whisper-base hears the reply as {heard['heard']!r} (WER {heard['wer']:.0%} against its text)")

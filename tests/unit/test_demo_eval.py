@@ -1,8 +1,10 @@
 """The demo's evaluation (training.demo_eval) and the committed demo checkpoints (training/checkpoints/demo)."""
 
 import dataclasses
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from training import demo_eval, pipeline
@@ -81,13 +83,19 @@ def test_committed_demo_lm_and_decoder_are_what_the_demo_plan_trains(demo_checkp
     assert pipeline.up_to_date("llm", DEMO / "glm-4-voice-9b", "tiny", plan, tokenizer)
 
 
-def test_committed_demo_checkpoints_answer_a_voice_never_heard_and_stop(demo_checkpoints, one_torch_thread):
-    from training.data.corpus import flite
+def make_demo_default(name: str) -> str:
+    """A `NAME ?= value` default from the Makefile: the question and voice `make demo` asks with."""
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
+    return re.search(rf"^{name} \?= (.+)$", makefile, re.M).group(1).strip()
 
+
+@pytest.mark.parametrize("voice", [make_demo_default("DEMO_VOICE"), "flite:awb"])
+def test_committed_demo_checkpoints_answer_make_demos_question_and_stop(demo_checkpoints, one_torch_thread, voice):
+    question = make_demo_default("DEMO_QUESTION")
+    answer = {q.text: q.answer for q in demo_eval.questions("demo", "seen")}[question]
     system = demo_eval.DemoSystem(DEMO)
-    audio, rate = flite("what is two plus three", "awb")  # `make demo`'s question
-    text, codes, reason = system.reply(audio, rate, max_new_tokens=400)
-    assert text.strip() == "two plus three is five."
+    text, codes, reason = system.reply(*demo_eval.speak(question, voice), max_new_tokens=400)
+    assert text.strip() == answer
     assert reason == "stop" and len(codes) > 20
     assert len(system.decoder.decode(codes)) > 0.5 * system.decoder.sample_rate
 
@@ -95,8 +103,6 @@ def test_committed_demo_checkpoints_answer_a_voice_never_heard_and_stop(demo_che
 def test_committed_demo_reply_streamed_is_the_reply_decoded_whole(demo_checkpoints, one_torch_thread):
     """`training.demo_eval --streaming` decodes as the services do (a speech run at a time through a decoder
     stream): the same length and nearly the same waveform as the whole reply decoded at once."""
-    import numpy as np
-
     from training.data.corpus import flite
     from training.data.interleave import SPEECH_RUN
 
@@ -158,8 +164,6 @@ def test_answers_in_a_flite_voice_are_the_decoders_voice():
 def test_speed_perturbed_questions_shift_pitch_and_tempo_together():
     """Plan.lm_question_speeds: a question sped up by f is 1/f as long and every frequency in it f times higher
     (a new speaker for the LM); the answer and its audio are the example's own."""
-    import numpy as np
-
     rate = 16000
     tone = np.sin(2 * np.pi * 200 * np.arange(rate) / rate).astype(np.float32)
     answer = np.zeros(10, np.float32)
@@ -177,11 +181,20 @@ def test_speed_perturbed_questions_shift_pitch_and_tempo_together():
         spoken_arithmetic.speed_perturbed([example], (3.0,))
 
 
+def test_say_writes_the_question_in_the_voice_asked(tmp_path):
+    from glmvoice.audio import read_wav
+
+    wav = tmp_path / "q" / "question.wav"
+    assert demo_eval.main(["--say", "what is one plus two", "--voices", "flite:rms,flite:awb", "--wav", str(wav)]) == 0
+    audio, rate = read_wav(wav)
+    spoken, spoken_rate = demo_eval.speak("what is one plus two", "flite:rms")
+    assert rate == spoken_rate and len(audio) == len(spoken)
+    assert np.abs(audio - spoken).max() < 1e-3  # 16-bit PCM on disk
+
+
 def test_piper_speaks_the_same_audio_every_run_and_is_a_held_out_voice():
     """Evaluations must be reproducible: piper's default samples prosody inside its graph on every call;
     ours speaks without that noise. demo_eval asks in it by name, as in flite's voices."""
-    import numpy as np
-
     from training.data.tts import piper
 
     audio, rate = piper("what is two plus three")
