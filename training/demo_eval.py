@@ -10,6 +10,9 @@ services decode) -> faster-whisper base (training.asr, pinned). Prints and write
 - stop share: replies that ended on the model's own stop id rather than the token budget;
 - three replies: question, reply text, what whisper heard (their WAVs under --out).
 
+`--say TEXT` only speaks TEXT in a held-out voice (`make demo`'s question); `--hear DIR` only transcribes the reply
+`services.demo` wrote.
+
 The questions are the plan's training questions (`--set seen`, the target set: the LM met their facts in
 speech, never these voices) or the questions never heard in speech (`--set unseen`: facts only in text).
 """
