@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=400)
     parser.add_argument("--out", type=Path, default=Path("build/demo-eval"))
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--say", metavar="TEXT", help="only speak TEXT in the first of --voices into --wav")
+    parser.add_argument("--say", metavar="TEXT", help="only speak TEXT in the one voice --voices names into --wav")
     parser.add_argument("--wav", type=Path, default=Path("build/demo/question.wav"), help="where --say writes")
     parser.add_argument("--hear", type=Path, metavar="DEMO_DIR",
                         help="only transcribe the reply `services.demo` wrote there (reply.wav, transcript.json)")
@@ -230,10 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.say:
         from glmvoice.audio import write_wav
 
-        voice = args.voices.split(",")[0]
+        if "," in args.voices:
+            parser.error(f"--say speaks in one voice; --voices names {args.voices!r}")
         args.wav.parent.mkdir(parents=True, exist_ok=True)
-        write_wav(args.wav, *speak(args.say, voice))
-        print(f"demo: {voice} says {args.say!r} into {args.wav}")
+        write_wav(args.wav, *speak(args.say, args.voices))
+        print(f"demo: {args.voices} says {args.say!r} into {args.wav}")
         return 0
     if args.hear:
         heard = hear(args.hear)

@@ -185,11 +185,20 @@ def test_say_writes_the_question_in_the_voice_asked(tmp_path):
     from glmvoice.audio import read_wav
 
     wav = tmp_path / "q" / "question.wav"
-    assert demo_eval.main(["--say", "what is one plus two", "--voices", "flite:rms,flite:awb", "--wav", str(wav)]) == 0
+    assert demo_eval.main(["--say", "what is one plus two", "--voices", "flite:rms", "--wav", str(wav)]) == 0
     audio, rate = read_wav(wav)
     spoken, spoken_rate = demo_eval.speak("what is one plus two", "flite:rms")
     assert rate == spoken_rate and len(audio) == len(spoken)
     assert np.abs(audio - spoken).max() < 1e-3  # 16-bit PCM on disk
+    other = demo_eval.speak("what is one plus two", "flite:awb")[0]
+    assert len(other) != len(audio) or np.abs(other - audio).max() > 0.1  # the voice named, not another
+
+
+def test_say_refuses_more_than_one_voice(tmp_path):
+    wav = tmp_path / "question.wav"
+    with pytest.raises(SystemExit) as refused:
+        demo_eval.main(["--say", "what is one plus two", "--voices", "flite:rms,flite:awb", "--wav", str(wav)])
+    assert refused.value.code == 2 and not wav.exists()
 
 
 def test_piper_speaks_the_same_audio_every_run_and_is_a_held_out_voice():
